@@ -1,0 +1,281 @@
+// The sm_90a attention kernel template: composes the producer (mainloop_producer.h), the KV
+// iterator (kv_iterator.h), the WGMMA consumers with the online softmax (softmax.h), the mask
+// and gate hook (mask_hook.h), the epilogue (epilogue.h) and the tile scheduler
+// (tile_scheduler.h). Dense and SparseK attention are two Modes of this one template: they
+// differ only in the KV iterator and the hook.
+#pragma once
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include <cute/tensor.hpp>
+
+#include "bsk/kernels/sm90/epilogue.h"
+#include "bsk/kernels/sm90/kernel_traits.h"
+#include "bsk/kernels/sm90/kv_iterator.h"
+#include "bsk/kernels/sm90/mainloop_producer.h"
+#include "bsk/kernels/sm90/mask_hook.h"
+#include "bsk/kernels/sm90/softmax.h"
+#include "bsk/kernels/sm90/tile_scheduler.h"
+#include "kernels/kernels.h"
+
+namespace bsk::sm90 {
+
+template <class Traits>
+struct DenseMode {
+  using Params = kernels::AttnFwdParams;
+  using Iterator = DenseKvIterator<Traits::kBlockM, Traits::kBlockN>;
+  using Hook = DenseMaskHook<Traits::kBlockN>;
+  __device__ static const kernels::AttnFwdParams& attn(const Params& p) { return p; }
+  __device__ static Iterator iterator(const Params& p, int m, int, int) { return Iterator(p, m); }
+  __device__ static Hook hook(const Params& p, int m, int row0, int, int,
+                              const typename Traits::SharedStorage*) {
+    return Hook(p, m, row0, Traits::kBlockM);
+  }
+  __device__ static const float* scores_bh(const Params&, int, int) { return nullptr; }
+  __device__ static int64_t score_row_stride(const Params&) { return 0; }
+};
+
+template <class Traits>
+struct SparseKMode {
+  using Params = kernels::SparseKFwdParams;
+  using Iterator = SparseKKvIterator<Traits::kBlockM, Traits::kBlockN>;
+  using Hook = SparseKMaskHook<Traits::kBlockN, typename Traits::SharedStorage>;
+  __device__ static const kernels::AttnFwdParams& attn(const Params& p) { return p.attn; }
+  __device__ static Iterator iterator(const Params& p, int m, int b, int hkv) {
+    return Iterator(p, m, b, hkv);
+  }
+  __device__ static Hook hook(const Params& p, int m, int row0, int b, int hkv,
+                              const typename Traits::SharedStorage* sm) {
+    return Hook(p, m, row0, Traits::kBlockM, b, hkv, sm);
+  }
+  __device__ static const float* scores_bh(const Params& p, int b, int hkv) {
+    return p.scores + b * p.score_stride[0] + hkv * p.score_stride[2];
+  }
+  __device__ static int64_t score_row_stride(const Params& p) { return p.score_stride[1]; }
+};
+
+template <class Traits, template <class> class ModeT>
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    attention_fwd_sm90_kernel(const __grid_constant__ typename ModeT<Traits>::Params params) {
+  using Mode = ModeT<Traits>;
+  using Element = typename Traits::Element;
+  using SharedStorage = typename Traits::SharedStorage;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kD = Traits::kHeadDim;
+  constexpr int kStages = Traits::kStages;
+
+  extern __shared__ char smem_raw[];
+  auto& sm = *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                               ~uintptr_t(1023));
+  const kernels::AttnFwdParams& a = Mode::attn(params);
+  HeaviestFirstScheduler sched{int(gridDim.x), true};
+  TileCoord tc = sched.get();
+  const int b = tc.batch, h = tc.head, m = tc.m_block;
+  const int hkv = h / int(a.num_heads / a.num_heads_kv);
+  const int tid = threadIdx.x;
+  const int wg = tid / 128;
+
+  if (tid == 0) {
+    Barrier::init(&sm.bar_q, 128);
+    for (int s = 0; s < kStages; ++s) {
+      Barrier::init(&sm.bar_k[s], 128);
+      Barrier::init(&sm.bar_v[s], 128);
+      Barrier::init(&sm.bar_empty_k[s], Traits::kConsumerWGs * 4);
+      Barrier::init(&sm.bar_empty_v[s], Traits::kConsumerWGs * 4);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  const auto it = Mode::iterator(params, m, b, hkv);
+
+  if (wg == 0) {
+    // ---------------- producer warpgroup ----------------
+    cutlass::arch::warpgroup_reg_dealloc<56>();
+    using Producer = CpAsyncProducer<Traits>;
+    const Element* qb = static_cast<const Element*>(a.q) + b * a.q_stride[0] + h * a.q_stride[2];
+    const Element* kb = static_cast<const Element*>(a.k) + b * a.k_stride[0] + hkv * a.k_stride[2];
+    const Element* vb = static_cast<const Element*>(a.v) + b * a.v_stride[0] + hkv * a.v_stride[2];
+    const int64_t row0 = int64_t(m) * kBlockM;
+    {
+      auto sQ0 = make_tensor(make_smem_ptr(sm.q), typename Traits::SmemLayoutQ{});
+      auto sQ1 =
+          make_tensor(make_smem_ptr(sm.q + Traits::kWgRows * kD), typename Traits::SmemLayoutQ{});
+      auto q_dst = [&](int r, int c) -> Element& {
+        return r < Traits::kWgRows ? sQ0(r, c) : sQ1(r - Traits::kWgRows, c);
+      };
+      Producer::template load_rows<kBlockM>(q_dst, tid, qb, [&](int r) -> const Element* {
+        int64_t i = row0 + r;
+        return i < a.seqlen_q ? qb + i * a.q_stride[1] : nullptr;
+      });
+      cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q);
+    }
+    auto sK = make_tensor(make_smem_ptr(sm.k), typename Traits::SmemLayoutKV{});
+    auto sV = make_tensor(make_smem_ptr(sm.v), typename Traits::SmemLayoutKV{});
+    const float* ub = Mode::scores_bh(params, b, hkv);
+    const int64_t u_stride = Mode::score_row_stride(params);
+    for (int i = 0; i < it.num_tiles; ++i) {
+      const int s = i % kStages, round = i / kStages;
+      if (round > 0) Barrier::wait(&sm.bar_empty_k[s], (round - 1) & 1);
+      const KvTile t = it.tile(i);
+      if (t.gathered && tid < kBlockN) {
+        bool ok = tid < t.count;
+        int32_t j = ok ? t.list[tid] : 0;
+        cp_async_4(&sm.key_idx[s][tid], ok ? t.list + tid : t.list, ok);
+        cp_async_4(&sm.key_u[s][tid], ub + j * u_stride, ok);
+      }
+      auto k_dst = [&](int r, int c) -> Element& { return sK(r, c, s); };
+      auto v_dst = [&](int r, int c) -> Element& { return sV(r, c, s); };
+      auto key_of = [&](int r) -> int64_t { return t.gathered ? t.list[r] : t.start + r; };
+      Producer::template load_rows<kBlockN>(k_dst, tid, kb, [&](int r) -> const Element* {
+        return r < t.count ? kb + key_of(r) * a.k_stride[1] : nullptr;
+      });
+      cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_k[s]);
+      if (round > 0) Barrier::wait(&sm.bar_empty_v[s], (round - 1) & 1);
+      Producer::template load_rows<kBlockN>(v_dst, tid, vb, [&](int r) -> const Element* {
+        return r < t.count ? vb + key_of(r) * a.v_stride[1] : nullptr;
+      });
+      cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_v[s]);
+    }
+    // Keep the producer's copies owned by a live thread until they land.
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+  } else {
+    // ---------------- consumer warpgroups ----------------
+    cutlass::arch::warpgroup_reg_alloc<224>();
+    const int cw = wg - 1;
+    const int ctid = tid % 128;
+    const int warp = ctid / 32, lane = tid % 32;
+    const int row_in_cta0 = cw * Traits::kWgRows + warp * 16 + lane / 4;
+    const int col0 = 2 * (lane % 4);
+    auto hook = Mode::hook(params, m, row_in_cta0, b, hkv, &sm);
+
+    typename Traits::MmaQK mma_qk;
+    typename Traits::MmaPV mma_pv;
+    auto thr_qk = mma_qk.get_thread_slice(ctid);
+    auto thr_pv = mma_pv.get_thread_slice(ctid);
+    auto sQ = make_tensor(make_smem_ptr(sm.q + cw * Traits::kWgRows * kD),
+                          typename Traits::SmemLayoutQ{});
+    auto sK = make_tensor(make_smem_ptr(sm.k), typename Traits::SmemLayoutKV{});
+    auto sVt = make_tensor(make_smem_ptr(sm.v), typename Traits::SmemLayoutVt{});
+    auto tSrQ = thr_qk.partition_fragment_A(sQ);
+    auto tSrK = thr_qk.partition_fragment_B(sK);
+    auto tOrV = thr_pv.partition_fragment_B(sVt);
+    auto tOrO = partition_fragment_C(mma_pv, Shape<Int<Traits::kWgRows>, Int<kD>>{});
+    clear(tOrO);
+
+    OnlineSoftmax<kBlockN> softmax;
+    softmax.scale_log2 = a.scale * 1.4426950408889634f;
+
+    // S = Q K^T for tile i into tSrS (issued, committed; the caller waits).
+    auto issue_qk = [&](auto& tSrS, int s) {
+      warpgroup_fence_operand(tSrS);
+      warpgroup_arrive();
+      mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
+      CUTE_UNROLL
+      for (int kb = 0; kb < size<2>(tSrQ); ++kb) {
+        cute::gemm(mma_qk, tSrQ(_, _, kb), tSrK(_, _, kb, s), tSrS);
+        mma_qk.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+    };
+    // O += P V for tile in stage s (issued, committed).
+    auto issue_pv = [&](auto& rP, int s) {
+      warpgroup_fence_operand(tOrO);
+      warpgroup_arrive();
+      CUTE_UNROLL
+      for (int kb = 0; kb < size<2>(rP); ++kb)
+        cute::gemm(mma_pv, rP(_, _, kb), tOrV(_, _, kb, s), tOrO);
+      warpgroup_commit_batch();
+    };
+    // Mask, online softmax and gate of a finished S; returns the O correction per row.
+    auto softmax_tile = [&](auto& tSrS, const KvTile& t, int s, float(&corr)[2]) {
+      warpgroup_fence_operand(tSrS);
+      hook.mask(tSrS, t, s, col0);
+      softmax.step(tSrS, corr);
+      hook.gate(tSrS, t, s, col0);
+    };
+    auto rescale_o = [&](const float(&corr)[2]) {
+      CUTE_UNROLL
+      for (int v = 0; v < kD / 8; ++v) CUTE_UNROLL
+      for (int bb = 0; bb < 2; ++bb) CUTE_UNROLL
+      for (int aa = 0; aa < 2; ++aa) tOrO(aa + 2 * bb + 4 * v) *= corr[bb];
+    };
+    auto to_element = [&](auto& rP, const auto& tSrS) {
+      CUTE_UNROLL
+      for (int e = 0; e < size(tSrS); ++e) rP(e) = Element(tSrS(e));
+    };
+    auto release = [&](uint64_t* bar) {
+      __syncwarp();
+      if (lane == 0) Barrier::arrive(bar);
+    };
+
+    Barrier::wait(&sm.bar_q, 0);
+    auto tSrS = partition_fragment_C(mma_qk, Shape<Int<Traits::kWgRows>, Int<kBlockN>>{});
+    auto rP = make_tensor<Element>(typename Traits::LayoutPAsA{});
+    const int n = it.num_tiles;
+    if (n > 0) {
+      // Software pipeline inside the warpgroup: the softmax of tile i runs while the tensor
+      // cores do P V of tile i - 1 (FlashAttention-3's intra-warpgroup overlap).
+      float corr[2];
+      KvTile t = it.tile(0);
+      Barrier::wait(&sm.bar_k[0], 0);
+      issue_qk(tSrS, 0);
+      warpgroup_wait<0>();
+      release(&sm.bar_empty_k[0]);
+      softmax_tile(tSrS, t, 0, corr);
+      to_element(rP, tSrS);
+      for (int i = 1; i < n; ++i) {
+        const int s = i % kStages, sp = (i - 1) % kStages;
+        t = it.tile(i);
+        Barrier::wait(&sm.bar_k[s], (i / kStages) & 1);
+        issue_qk(tSrS, s);
+        Barrier::wait(&sm.bar_v[sp], ((i - 1) / kStages) & 1);
+        issue_pv(rP, sp);
+        warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
+        release(&sm.bar_empty_k[s]);
+        softmax_tile(tSrS, t, s, corr);
+        warpgroup_wait<0>();  // P V of tile i - 1 done: O and rP may be touched again
+        warpgroup_fence_operand(tOrO);
+        release(&sm.bar_empty_v[sp]);
+        rescale_o(corr);
+        to_element(rP, tSrS);
+      }
+      const int sl = (n - 1) % kStages;
+      Barrier::wait(&sm.bar_v[sl], ((n - 1) / kStages) & 1);
+      issue_pv(rP, sl);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      release(&sm.bar_empty_v[sl]);
+    }
+
+    float inv[2], lse[2];
+    softmax.finish(inv, lse);
+    bool nan_row[2] = {hook.row_is_nan(0), hook.row_is_nan(1)};
+    Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
+    float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
+    DirectEpilogue<Element, kD>::store(tOrO, inv, lse, nan_row, ob, a.o_stride[1], lb,
+                                       int64_t(m) * kBlockM + row_in_cta0, a.seqlen_q, lane);
+  }
+}
+
+// Host-side launch for one instantiation.
+template <class Traits, template <class> class ModeT>
+void launch_attention_fwd(const typename ModeT<Traits>::Params& params,
+                          const kernels::AttnFwdParams& a) {
+  int num_m = int((a.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM);
+  dim3 grid(num_m, unsigned(a.num_heads), unsigned(a.batch));
+  auto kernel = attention_fwd_sm90_kernel<Traits, ModeT>;
+  static bool configured = [&] {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
+    return true;
+  }();
+  (void)configured;
+  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(
+      params);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw CudaError(std::string("attention kernel launch failed: ") + cudaGetErrorString(err));
+}
+
+}  // namespace bsk::sm90

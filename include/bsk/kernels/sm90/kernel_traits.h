@@ -1,0 +1,75 @@
+// Tile shapes, shared-memory layouts and WGMMA configurations of the sm_90a attention engine.
+//
+// One CTA owns kBlockM = 128 query rows of one (batch, head): warpgroup 0 is the producer (loads
+// Q once and K/V tiles into a kStages-deep ring), warpgroups 1 and 2 are consumers, 64 rows
+// each, computing S = Q K^T (WGMMA, both operands in shared memory) and O += P V (WGMMA, P from
+// registers) with an online softmax in between.
+#pragma once
+
+#include <cutlass/numeric_types.h>
+
+#include <cute/arch/mma_sm90.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cute/tensor.hpp>
+
+namespace bsk::sm90 {
+
+using namespace cute;
+
+template <class Element_, int kHeadDim_, int kBlockN_ = 128, int kStages_ = 2>
+struct AttnTraits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = 128;
+  static constexpr int kWgRows = 64;  // rows per consumer warpgroup
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kConsumerWGs = kBlockM / kWgRows;
+  static constexpr int kThreads = 128 * (1 + kConsumerWGs);
+  static constexpr int kChunksPerRow = kHeadDim * int(sizeof(Element)) / 16;  // 16-byte chunks
+
+  using MmaQK = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float,
+                           Shape<Int<kWgRows>, Int<kBlockN>, Int<kHeadDim>>>()));
+  using MmaPV =
+      decltype(make_tiled_mma(GMMA::rs_op_selector<Element, Element, float,
+                                                   Shape<Int<kWgRows>, Int<kHeadDim>, Int<kBlockN>>,
+                                                   GMMA::Major::K, GMMA::Major::MN>()));
+
+  using SmemAtom = GMMA::Layout_K_SW128_Atom<Element>;
+  // Q: one 64-row block per consumer warpgroup.
+  using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kWgRows>, Int<kHeadDim>>{}));
+  // K and V: (key, dim, stage), rows K-major (dim contiguous) as they sit in global memory.
+  using SmemLayoutKV =
+      decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  // V^T as the B operand of the PV GEMM: (dim, key, stage) over the same bytes (MN-major).
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutKV{}, make_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
+                                  Stride<Int<kBlockN>, _1, Int<kBlockN * kHeadDim>>{})));
+
+  // The SM90 accumulator of a 64 x N WGMMA holds, per thread, ((2 cols, 2 rows, N/8), 1, 1);
+  // the register A operand of the next WGMMA wants ((2, 2, 2), 1, N/16) over the same values.
+  using LayoutPAsA =
+      Layout<Shape<Shape<_2, _2, _2>, _1, Int<kBlockN / 16>>, Stride<Stride<_1, _2, _4>, _0, _8>>;
+
+  static constexpr int kQElems = kBlockM * kHeadDim;
+  static constexpr int kKVElems = kBlockN * kHeadDim * kStages;
+
+  struct SharedStorage {
+    alignas(1024) Element q[kQElems];
+    alignas(1024) Element k[kKVElems];
+    alignas(1024) Element v[kKVElems];
+    // Per-stage key metadata for gathered tiles: key index and its score.
+    int32_t key_idx[kStages][kBlockN];
+    float key_u[kStages][kBlockN];
+    alignas(8) uint64_t bar_q;
+    uint64_t bar_k[kStages];
+    uint64_t bar_v[kStages];
+    uint64_t bar_empty_k[kStages];  // K stage consumed (after S = Q K^T)
+    uint64_t bar_empty_v[kStages];  // V stage consumed (after O += P V)
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;  // + alignment slack
+};
+
+}  // namespace bsk::sm90

@@ -1,0 +1,90 @@
+// KV iterators: which key rows each KV tile of a query tile holds. The producer and the
+// consumers both walk them, so they are cheap, deterministic functions of the tile index.
+//  - DenseKvIterator: contiguous tiles over [0, kv_end) (kv_end cut at the causal diagonal).
+//  - SparseKKvIterator: first the gathered tiles of the query tile's selection union (a sorted
+//    list built by the selection kernel), then the window as contiguous tiles over
+//    [max(0, p0 - window + 1), p1], where p0..p1 are the tile's query positions.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace bsk::sm90 {
+
+struct KvTile {
+  int64_t start = 0;              // contiguous tile: first key
+  const int32_t* list = nullptr;  // gathered tile: key indices (list[0..count))
+  int count = 0;                  // valid rows, <= kBlockN
+  bool gathered = false;
+};
+
+template <int kBlockM, int kBlockN>
+struct DenseKvIterator {
+  int64_t kv_end = 0;
+  int num_tiles = 0;
+
+  __device__ DenseKvIterator(const kernels::AttnFwdParams& p, int m_block) {
+    kv_end = p.seqlen_k;
+    if (p.causal) {
+      int64_t last_row = (int64_t(m_block) + 1) * kBlockM - 1;
+      if (last_row > p.seqlen_q - 1) last_row = p.seqlen_q - 1;
+      int64_t last_pos = p.seqlen_k - p.seqlen_q + last_row;
+      kv_end = last_pos + 1 < 0 ? 0 : (last_pos + 1 < p.seqlen_k ? last_pos + 1 : p.seqlen_k);
+    }
+    num_tiles = int((kv_end + kBlockN - 1) / kBlockN);
+  }
+  __device__ KvTile tile(int it) const {
+    KvTile t;
+    t.start = int64_t(it) * kBlockN;
+    int64_t rest = kv_end - t.start;
+    t.count = rest < kBlockN ? int(rest) : kBlockN;
+    return t;
+  }
+};
+
+template <int kBlockM, int kBlockN>
+struct SparseKKvIterator {
+  const int32_t* list = nullptr;
+  int list_count = 0;
+  int num_gathered = 0;
+  int64_t win_lo = 0, win_end = 0;
+  int num_tiles = 0;
+
+  __device__ SparseKKvIterator(const kernels::SparseKFwdParams& p, int m_block, int batch,
+                               int head_kv) {
+    const auto& a = p.attn;
+    int64_t n_tiles = (a.seqlen_q + p.tile_q - 1) / p.tile_q;
+    int64_t slot = (int64_t(batch) * a.num_heads_kv + head_kv) * n_tiles + m_block;
+    list = p.union_idx + slot * p.union_cap;
+    list_count = p.union_cnt[slot];
+    num_gathered = (list_count + kBlockN - 1) / kBlockN;
+    int64_t first_row = int64_t(m_block) * kBlockM;
+    int64_t last_row =
+        first_row + kBlockM - 1 < a.seqlen_q - 1 ? first_row + kBlockM - 1 : a.seqlen_q - 1;
+    int64_t p0 = a.seqlen_k - a.seqlen_q + first_row, p1 = a.seqlen_k - a.seqlen_q + last_row;
+    int num_window = 0;
+    if (p.window > 0) {
+      win_lo = p0 - p.window + 1 < 0 ? 0 : p0 - p.window + 1;
+      win_end = p1 + 1;
+      num_window = int((win_end - win_lo + kBlockN - 1) / kBlockN);
+    }
+    num_tiles = num_gathered + num_window;
+  }
+  __device__ KvTile tile(int it) const {
+    KvTile t;
+    if (it < num_gathered) {
+      t.gathered = true;
+      t.list = list + int64_t(it) * kBlockN;
+      int rest = list_count - it * kBlockN;
+      t.count = rest < kBlockN ? rest : kBlockN;
+    } else {
+      t.start = win_lo + int64_t(it - num_gathered) * kBlockN;
+      int64_t rest = win_end - t.start;
+      t.count = rest < kBlockN ? int(rest) : kBlockN;
+    }
+    return t;
+  }
+};
+
+}  // namespace bsk::sm90

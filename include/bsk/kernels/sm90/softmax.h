@@ -1,0 +1,68 @@
+// Online softmax over the KV tiles of a row block, in registers, base 2 with the scale folded
+// into one FFMA per element. Each thread owns two rows (b = 0, 1); the four threads of a quad
+// share a row, so row reductions are two shuffles.
+#pragma once
+
+#include <cmath>
+
+namespace bsk::sm90 {
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffff, x, 1);
+  return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+template <int kCols>  // accumulator columns per row (kBlockN)
+struct OnlineSoftmax {
+  float row_max[2] = {-INFINITY, -INFINITY};  // running max of scale*log2(e)*s
+  float row_sum[2] = {0.f, 0.f};              // this thread's partial sum (quad-reduced at end)
+  float scale_log2 = 1.f;
+
+  // Turns s into unnormalised probabilities exp2(s*scale_log2 - max) in place and returns the
+  // factor the output accumulator must be rescaled by for each row.
+  template <class Frag>
+  __device__ void step(Frag& s, float (&correction)[2]) {
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int v = 0; v < kCols / 8; ++v)
+#pragma unroll
+        for (int a = 0; a < 2; ++a) mx = fmaxf(mx, s(a + 2 * b + 4 * v));
+      mx = quad_max(mx) * scale_log2;
+      float m_new = fmaxf(row_max[b], mx);
+      // A row that has seen no key yet keeps max -inf; use 0 so exp2 gives 0, not NaN.
+      float m_use = m_new == -INFINITY ? 0.f : m_new;
+      correction[b] = exp2f(row_max[b] - m_use);
+      row_max[b] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int v = 0; v < kCols / 8; ++v)
+#pragma unroll
+        for (int a = 0; a < 2; ++a) {
+          float p = exp2f(fmaf(s(a + 2 * b + 4 * v), scale_log2, -m_use));
+          s(a + 2 * b + 4 * v) = p;
+          sum += p;
+        }
+      row_sum[b] = row_sum[b] * correction[b] + sum;
+    }
+  }
+
+  // Final normaliser 1/l and natural-log LSE per row; rows with no key: 0 and -inf.
+  __device__ void finish(float (&inv)[2], float (&lse)[2]) {
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      float l = quad_sum(row_sum[b]);
+      bool empty = !(l > 0.f);
+      inv[b] = empty ? 0.f : 1.f / l;
+      lse[b] = empty ? -INFINITY : (row_max[b] + __log2f(l)) * 0.69314718055994531f;
+      if (isnan(l)) inv[b] = lse[b] = NAN;
+    }
+  }
+};
+
+}  // namespace bsk::sm90

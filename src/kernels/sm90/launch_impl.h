@@ -1,0 +1,23 @@
+// Definitions of the instantiation entry points: the tile configuration per head dim.
+#pragma once
+
+#include "bsk/kernels/sm90/attention_kernel.h"
+#include "kernels/sm90/launch.h"
+
+namespace bsk::sm90 {
+
+template <class Element, int kHeadDim>
+using FwdTraits = AttnTraits<Element, kHeadDim, /*kBlockN=*/128, /*kStages=*/2>;
+
+template <class Element, int kHeadDim>
+void run_dense_fwd(const kernels::AttnFwdParams& p) {
+  launch_attention_fwd<FwdTraits<Element, kHeadDim>, DenseMode>(p, p);
+}
+
+template <class Element, int kHeadDim>
+void run_sparsek_fwd(const kernels::SparseKFwdParams& p) {
+  static_assert(FwdTraits<Element, kHeadDim>::kBlockM == 128, "union tiles are 128 queries");
+  launch_attention_fwd<FwdTraits<Element, kHeadDim>, SparseKMode>(p, p.attn);
+}
+
+}  // namespace bsk::sm90

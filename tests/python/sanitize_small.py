@@ -1,0 +1,19 @@
+"""Small dense and SparseK launches for compute-sanitizer (memcheck, racecheck)."""
+import torch
+
+from blackwell_sparsek import _C
+
+s = torch.cuda.current_stream().cuda_stream
+for dtype, D in [(torch.float16, 128), (torch.bfloat16, 64)]:
+    for causal in (False, True):
+        q = torch.randn(1, 200, 2, D, device="cuda", dtype=dtype)
+        k = torch.randn(1, 333, 1, D, device="cuda", dtype=dtype)
+        v = torch.randn_like(k)
+        out = torch.empty_like(q)
+        lse = torch.empty(1, 2, 200, device="cuda")
+        _C.attention_fwd(q, k, v, out, lse, causal, None, s)
+    q = torch.randn(1, 333, 2, D, device="cuda", dtype=dtype)
+    u = torch.randn(1, 333, 1, device="cuda")
+    _C.sparsek_attention_fwd(q, k, v, u, torch.empty_like(q), None, 64, 32, None, s)
+torch.cuda.synchronize()
+print("sanitize_small: done")

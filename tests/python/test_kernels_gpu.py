@@ -1,0 +1,232 @@
+"""GPU tests of the sm_90a kernels through the binding, against exact references. Each test
+uses fresh random data and poisons the outputs before the launch. Skipped without a Hopper GPU
+and the built extension."""
+import math
+
+import pytest
+import torch
+
+from gpu_utils import _C, assert_fa_rule, default_scale, dense_ref, poison, requires_hopper, stream
+
+pytestmark = requires_hopper
+
+DTYPES = [torch.float16, torch.bfloat16]
+EPS = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def rand(*shape, dtype, gen):
+    return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32).to(dtype)
+
+
+def run_dense(q, k, v, causal, scale=None):
+    B, Sq, H, D = q.shape
+    out = poison(torch.empty_like(q))
+    lse = poison(torch.empty(B, H, Sq, device="cuda", dtype=torch.float32))
+    _C.attention_fwd(q, k, v, out, lse, causal, scale, stream())
+    torch.cuda.synchronize()
+    return out, lse
+
+
+DENSE_SHAPES = [
+    # B, Sq, Sk, H, Hkv, D
+    (1, 1, 1, 2, 2, 64),
+    (2, 113, 113, 4, 1, 128),
+    (1, 1000, 1000, 8, 2, 64),
+    (1, 4097, 4097, 2, 2, 128),
+    (2, 77, 300, 8, 8, 128),    # Sq < Sk (decode-like chunk)
+    (1, 300, 129, 4, 4, 64),    # Sq > Sk: causal rows before the first key are empty
+    (1, 256, 256, 8, 1, 128),   # MQA, round sizes
+]
+
+
+@pytest.mark.parametrize("shape", DENSE_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_vs_reference(shape, dtype, causal):
+    B, Sq, Sk, H, Hkv, D = shape
+    gen = torch.Generator(device="cuda").manual_seed(hash((shape, str(dtype), causal)) % 2**31)
+    q, k, v = rand(B, Sq, H, D, dtype=dtype, gen=gen), rand(B, Sk, Hkv, D, dtype=dtype, gen=gen), \
+        rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
+    out, lse = run_dense(q, k, v, causal)
+    scale = default_scale(D)
+    ref, ref_lse = dense_ref(q, k, v, causal, scale)
+    low, _ = dense_ref(q, k, v, causal, scale, dtype=dtype)
+    assert_fa_rule(out, ref, low, "out", EPS[dtype])
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), "-inf LSE placement differs"
+    assert torch.allclose(lse[fin].double(), ref_lse[fin], atol=1e-3, rtol=1e-4)
+
+
+def test_dense_strided_views():
+    """BHSD storage viewed as BSHD through transpose(1, 2): no copy, same result."""
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    B, H, S, D = 2, 4, 200, 128
+    qb, kb, vb = (rand(B, H, S, D, dtype=torch.float16, gen=gen) for _ in range(3))
+    q, k, v = qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2)
+    out, _ = run_dense(q, k, v, True)
+    out_c, _ = run_dense(q.contiguous(), k.contiguous(), v.contiguous(), True)
+    assert torch.equal(out, out_c)
+
+
+def test_dense_explicit_scale():
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    q, k, v = (rand(1, 130, 2, 64, dtype=torch.float16, gen=gen) for _ in range(3))
+    out, _ = run_dense(q, k, v, False, scale=0.3)
+    ref, _ = dense_ref(q, k, v, False, 0.3)
+    low, _ = dense_ref(q, k, v, False, 0.3, dtype=torch.float16)
+    assert_fa_rule(out, ref, low, "out", EPS[torch.float16])
+
+
+# ------------------------------------------------------------------------------------------
+# SparseK
+# ------------------------------------------------------------------------------------------
+
+def make_scores(B, Sk, Hkv, kind, gen):
+    u = torch.randn(B, Sk, Hkv, generator=gen, device="cuda")
+    if kind == "ties":
+        u = torch.round(u * 1.5) / 1.5  # a handful of distinct values
+    elif kind == "slope":
+        u = u * 0.3 + torch.arange(Sk, device="cuda", dtype=torch.float32)[None, :, None] * 0.05
+    return u.contiguous()
+
+
+def sparse_ref(q, k, v, scores, k_select, window, scale):
+    """Exact C++ reference (CPU, double)."""
+    cpu = lambda t: t.detach().cpu().double()
+    out = torch.empty(q.shape, dtype=torch.float64)
+    lse = torch.empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32)
+    _C.sparsek_attention_fwd(cpu(q), cpu(k), cpu(v), scores.detach().cpu().float(), out, lse,
+                             k_select, window, scale, 0)
+    return out.cuda(), lse.cuda()
+
+
+def sparse_low(q, k, v, scores, k_select, window, scale):
+    """Same-precision reference: explicit key set and gates from the exact selection, then
+    attention computed in q.dtype (what FlashAttention's rule compares against)."""
+    B, Sq, H, D = q.shape
+    Sk, Hkv = k.shape[1], k.shape[2]
+    kk = max(k_select, 0)
+    idx = torch.empty(B, Sq, Hkv, kk, dtype=torch.int64)
+    gate = torch.empty(B, Sq, Hkv, kk, dtype=torch.float64)
+    _C.sparsek_selection_ref(scores.detach().cpu().double().contiguous(), Sq, k_select, window,
+                             idx, gate)
+    g = torch.zeros(B, Hkv, Sq, Sk + 1, dtype=torch.float64)
+    allowed = torch.zeros(B, Hkv, Sq, Sk + 1, dtype=torch.bool)
+    ii = idx.permute(0, 2, 1, 3).clone()
+    gg = gate.permute(0, 2, 1, 3).clone()
+    ii[ii < 0] = Sk  # padding goes to a dummy column
+    g.scatter_(3, ii, gg)
+    allowed.scatter_(3, ii, torch.ones_like(ii, dtype=torch.bool))
+    g, allowed = g[..., :Sk], allowed[..., :Sk]
+    pos = torch.arange(Sq)[:, None] + (Sk - Sq)
+    j = torch.arange(Sk)[None, :]
+    win = (j <= pos) & (j > pos - window)
+    g = torch.where(win, torch.ones_like(g), g)
+    allowed = allowed | win
+    nan_rows = torch.isnan(g).any(-1, keepdim=True)
+    dev = q.device
+    rep = H // Hkv
+    qf = q.transpose(1, 2)
+    kf = k.transpose(1, 2).repeat_interleave(rep, 1)
+    vf = v.transpose(1, 2).repeat_interleave(rep, 1)
+    s = (qf @ kf.transpose(-1, -2)) * scale
+    allowed_h = allowed.repeat_interleave(rep, 1).to(dev)
+    s = s.masked_fill(~allowed_h, float("-inf"))
+    p = torch.softmax(s.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
+    p = p * g.repeat_interleave(rep, 1).nan_to_num(0.0).to(dev).to(q.dtype)
+    out = (p @ vf).transpose(1, 2)
+    out = out.masked_fill(nan_rows.repeat_interleave(rep, 1).transpose(1, 2).to(dev), float("nan"))
+    return out
+
+
+def run_sparse(q, k, v, scores, k_select, window, scale=None):
+    B, Sq, H, D = q.shape
+    out = poison(torch.empty_like(q))
+    lse = poison(torch.empty(B, H, Sq, device="cuda", dtype=torch.float32))
+    _C.sparsek_attention_fwd(q, k, v, scores, out, lse, k_select, window, scale, stream())
+    torch.cuda.synchronize()
+    return out, lse
+
+
+SPARSE_CASES = [
+    # B, Sq, Sk, H, Hkv, D, k, window, scores
+    (1, 1, 1, 2, 2, 64, 1, 0, "randn"),
+    (1, 113, 113, 4, 1, 128, 1, 1, "ties"),
+    (2, 113, 113, 4, 4, 64, 64, 0, "slope"),
+    (1, 1000, 1000, 8, 2, 128, 64, 256, "randn"),
+    (1, 1000, 1000, 4, 4, 64, 256, 1, "ties"),
+    (1, 4097, 4097, 2, 2, 128, 256, 256, "slope"),
+    (1, 4097, 4097, 8, 1, 64, 64, 0, "ties"),
+    (1, 300, 300, 2, 2, 128, 0, 256, "randn"),      # window only
+    (1, 300, 300, 2, 2, 128, 1000, 0, "randn"),     # k > S: all candidates
+    (1, 300, 300, 2, 2, 64, 64, 1000, "randn"),     # window > S
+    (2, 200, 777, 8, 2, 128, 256, 256, "randn"),    # Sq < Sk
+    (1, 129, 1000, 4, 1, 128, 1, 64, "ties"),
+]
+
+
+@pytest.mark.parametrize("case", SPARSE_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparsek_vs_reference(case, dtype):
+    B, Sq, Sk, H, Hkv, D, ks, w, kind = case
+    gen = torch.Generator(device="cuda").manual_seed(hash((case, str(dtype))) % 2**31)
+    q = rand(B, Sq, H, D, dtype=dtype, gen=gen)
+    k = rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
+    v = rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
+    u = make_scores(B, Sk, Hkv, kind, gen)
+    scale = default_scale(D)
+    out, lse = run_sparse(q, k, v, u, ks, w)
+    ref, ref_lse = sparse_ref(q, k, v, u, ks, w, scale)
+    low = sparse_low(q, k, v, u, ks, w, scale)
+    assert_fa_rule(out, ref, low, "out", EPS[dtype])
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), fin)
+    assert torch.allclose(lse[fin], ref_lse[fin], atol=1e-3, rtol=1e-4)
+
+
+def test_sparsek_k_ge_s_equals_dense_causal():
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    B, S, H, D = 1, 517, 4, 128
+    q, k, v = (rand(B, S, H, D, dtype=torch.float16, gen=gen) for _ in range(3))
+    u = make_scores(B, S, H, "randn", gen)
+    out, lse = run_sparse(q, k, v, u, S, 16)
+    dout, dlse = run_dense(q, k, v, True)
+    assert (out.float() - dout.float()).abs().max().item() < 2e-3
+    assert torch.allclose(lse, dlse, atol=1e-4)
+
+
+def test_sparsek_nan_scores_give_nan_rows():
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    B, S, H, D = 1, 300, 2, 64
+    q, k, v = (rand(B, S, H, D, dtype=torch.float16, gen=gen) for _ in range(3))
+    u = make_scores(B, S, H, "randn", gen)
+    u[0, 10, 0] = float("nan")
+    out, lse = run_sparse(q, k, v, u, 8, 16)
+    ref, ref_lse = sparse_ref(q, k, v, u, 8, 16, default_scale(D))
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    assert torch.isnan(out[0, -1, 0]).all() and not torch.isnan(out[0, -1, 1]).any()
+
+
+@pytest.mark.parametrize("kind", ["randn", "ties", "slope"])
+@pytest.mark.parametrize("S,Sq,ks,w", [(1, 1, 1, 0), (113, 113, 1, 1), (1000, 1000, 64, 256),
+                                       (4097, 4097, 256, 256), (4097, 1000, 1024, 0),
+                                       (500, 500, 0, 10), (300, 300, 1000, 0)])
+def test_select_vs_reference(kind, S, Sq, ks, w):
+    gen = torch.Generator(device="cuda").manual_seed(hash((kind, S, Sq, ks, w)) % 2**31)
+    B, Hkv = 2, 3
+    u = make_scores(B, S, Hkv, kind, gen)
+    outs = [poison(torch.empty(B, Hkv, Sq, device="cuda")) for _ in range(2)] + \
+        [torch.full((B, Hkv, Sq), -7, device="cuda", dtype=torch.int32) for _ in range(2)]
+    _C.sparsek_select(u, Sq, ks, w, *outs, stream())
+    torch.cuda.synchronize()
+    ref = [torch.empty(B, Hkv, Sq) for _ in range(2)] + \
+        [torch.empty(B, Hkv, Sq, dtype=torch.int32) for _ in range(2)]
+    _C.sparsek_select(u.cpu(), Sq, ks, w, *ref, 0)
+    tau, tv, ti, na = (t.cpu() for t in outs)
+    assert torch.equal(ti, ref[2]), "theta_idx differs"
+    assert torch.equal(na, ref[3]), "n_active differs"
+    assert torch.equal(torch.isinf(tau), torch.isinf(ref[0]))
+    assert torch.equal(torch.isnan(tau), torch.isnan(ref[0]))
+    fin = torch.isfinite(ref[0])
+    assert torch.allclose(tau[fin], ref[0][fin], rtol=2e-6, atol=2e-6)
+    assert torch.equal(tv.nan_to_num(1e30), ref[1].nan_to_num(1e30))
