@@ -1,0 +1,737 @@
+// SparseK selection on sm_90a: per query row tau, theta (value, index) and n_active, and the
+// per-query-tile union of the selections. The algorithm lives in
+// include/bsk/kernels/sm90/sparsek_select_core.h (host-testable); this file is the parallel glue.
+//
+// One CTA per (batch, kv head):
+//   1. load the head's scores (strided), find the first non-finite index and max |u|, and sort
+//      the keys by (u, j) descending with cub::BlockRadixSort (stable; keys fed in decreasing j
+//      so equal scores come out with the larger index first);
+//   2. build the per-chunk prefix table (integer atomics: exact, so deterministic);
+//   3. warp 0: lane c computes the from-scratch state at the top of chunk c (binary searches
+//      over the table), meanwhile the other warps write the rows that need no computation
+//      (n_p <= k, or a non-finite candidate);
+//   4. warp 0: every lane sweeps its chunk downwards (amortised O(1) per row), writing the rows
+//      and the last L at which each key is selected (D_j); the chunk starts are patched up;
+//   5. all warps: the per-tile unions, each warp a run of consecutive tiles, each tile a
+//      filtered copy of the previous tile's union plus the keys that arrived in between.
+// Everything is in shared memory up to kMaxSmemN keys (u16 indices). Longer sequences sort with
+// cub::DeviceSegmentedRadixSort in the workspace and run the same steps on global memory, a
+// batch of heads at a time.
+//
+// Cost at the seed shape (B=16, Hkv=96, S=4096, k=256, window=256; see the report in the
+// session notes): 1536 CTAs of 256 threads, 56 KB of shared memory each (4 per SM); the L range
+// [257, 3840] is cut into 32 chunks of 112 rows.
+//
+// Non-finite scores: a row whose candidates include a NaN/+-inf score gets tau = NaN,
+// theta = (NaN, -1), n_active = 0 (when n_p > k; rows with n_p <= k never look at scores) and
+// contributes no key to its tile's union (the attention kernel writes a NaN row there anyway).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
+#include <string>
+
+#include "bsk/kernels/sm90/sparsek_select_core.h"
+#include "kernels/kernels.h"
+
+namespace bsk::kernels {
+namespace {
+
+namespace sc = bsk::select_core;
+
+constexpr int kLanes = 32;             // chunks per head: one per lane of warp 0
+
+#if defined(BSK_SELECT_PROFILE)
+// Development aid: per-CTA clock64 at phase boundaries (see the profiling driver in the notes).
+__device__ long long g_sel_prof[4096 * 8];
+#define SEL_PROF(slot)                                                   \
+  do {                                                                   \
+    if (threadIdx.x == 0 && blockIdx.x < 4096)                           \
+      g_sel_prof[blockIdx.x * 8 + (slot)] = clock64();                   \
+  } while (0)
+#else
+#define SEL_PROF(slot) \
+  do {                 \
+  } while (0)
+#endif
+constexpr int kMaxSmemN = 16384;       // the largest Sk sorted in shared memory
+constexpr std::size_t kAlign = 256;    // workspace sub-buffer alignment
+constexpr int kSmemPerSm = 233472;     // H100 shared memory per SM (228 KB)
+constexpr int kSmemPerBlockMax = 232448;  // opt-in maximum per block (227 KB)
+
+__host__ __device__ constexpr std::size_t align_up(std::size_t x, std::size_t a) {
+  return (x + a - 1) / a * a;
+}
+__host__ __device__ constexpr int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw CudaError(std::string("sparsek_select: ") + what + ": " + cudaGetErrorString(e));
+}
+
+// Kernel arguments (by value).
+struct KArgs {
+  const float* scores = nullptr;
+  int64_t s_b = 0, s_s = 0, s_h = 0;
+  int n = 0, sq = 0, hkv = 0;
+  int64_t k = 0, window = 0;
+  float* tau = nullptr;
+  float* theta_val = nullptr;
+  int32_t* theta_idx = nullptr;
+  int32_t* n_active = nullptr;
+  int32_t* union_idx = nullptr;
+  int32_t* union_cnt = nullptr;
+  int tile_q = 1, n_tiles = 0;
+  int64_t union_cap = 0;
+  int wdlog = 5;
+  // Shared-memory layout (bytes from the start of the dynamic buffer).
+  uint32_t off_idx = 0, off_pos = 0, off_region = 0, off_ubuf = 0, off_sort = 0;
+  int ubuf_in_smem = 0;
+  // Global mode: the batch [bh0, bh0 + gridDim.x) and its buffers.
+  int bh0 = 0;
+  uint32_t* g_keys = nullptr;  // sorted keys of the batch, converted in place to float bits
+  const int32_t* g_vals = nullptr;
+  char* g_scratch = nullptr;  // per head: pos[n], d[n], table counts, table sums
+  std::size_t g_scratch_stride = 0;
+  std::size_t g_off_d = 0, g_off_tcnt = 0, g_off_tsum = 0;
+};
+
+// Sorted keys as the core reads them. Shared-memory path (IdxT = u16): the fixed values are
+// stored (val64), and a float value is rebuilt from its fixed value when exact, else re-read from
+// the scores (u + j * s_s). Global path (IdxT = int32): float values, converted on access.
+template <class IdxT>
+struct DevKeys {
+  int n;
+  const int64_t* val64;
+  const float* val;
+  const IdxT* ix;
+  const IdxT* ps;
+  sc::Fixed fx;
+  const float* u;
+  int64_t s_s;
+  __device__ __forceinline__ int64_t v(int r) const {
+    if constexpr (sizeof(IdxT) == 2)
+      return val64[r];
+    else
+      return sc::to_fixed(val[r], fx);
+  }
+  __device__ __forceinline__ int idx(int r) const { return static_cast<int>(ix[r]); }
+  __device__ __forceinline__ int pos(int j) const { return static_cast<int>(ps[j]); }
+  __device__ __forceinline__ float fval(int r) const {
+    if constexpr (sizeof(IdxT) == 2) {
+      float f;
+      if (sc::fixed_to_float_exact(val64[r], fx, f)) return f;
+      return u[static_cast<int64_t>(ix[r]) * s_s];
+    } else {
+      return val[r];
+    }
+  }
+  // Bit b: rank 32 w + b (< n) holds a key with idx < L. u16 indices: 4 vector loads and
+  // halfword subtractions whose sign bits are the answer (indices < 2^15).
+  __device__ __forceinline__ uint32_t alive_mask(int w, int L) const {
+    uint32_t m = 0;
+    if constexpr (sizeof(IdxT) == 2) {
+      const uint4* q = reinterpret_cast<const uint4*>(ix + (w << 5));
+      const uint32_t ll = static_cast<uint32_t>(L) * 0x10001u;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint4 x = q[i];
+        const uint32_t a = __vsub2(x.x, ll), b = __vsub2(x.y, ll);
+        const uint32_t c = __vsub2(x.z, ll), d = __vsub2(x.w, ll);
+        const uint32_t bits = ((a >> 15) & 1u) | ((a >> 30) & 2u) | ((b >> 13) & 4u) |
+                              ((b >> 28) & 8u) | ((c >> 11) & 16u) | ((c >> 26) & 32u) |
+                              ((d >> 9) & 64u) | ((d >> 24) & 128u);
+        m |= bits << (8 * i);
+      }
+    } else {  // global path: segments are not 16-byte aligned
+      const int base = w << 5;
+#pragma unroll 8
+      for (int b = 0; b < 32; ++b)
+        if (base + b < n && ix[base + b] < L) m |= 1u << b;
+    }
+    const int rem = n - (w << 5);  // callers keep 32 w < n; the padding is masked out
+    if (rem < 32) m &= (1u << rem) - 1u;
+    return m;
+  }
+};
+
+__device__ __forceinline__ void add_count(uint16_t* cnt, int e, uint32_t v) {
+  // Counts stay below 2^16 (<= n <= kMaxSmemN), so a 32-bit add never carries into the neighbour.
+  uint32_t* w = reinterpret_cast<uint32_t*>(reinterpret_cast<uintptr_t>(cnt + e) & ~uintptr_t{3});
+  atomicAdd(w, v << (((reinterpret_cast<uintptr_t>(cnt + e) >> 1) & 1u) * 16u));
+}
+__device__ __forceinline__ void add_count(int32_t* cnt, int e, uint32_t v) {
+  atomicAdd(cnt + e, static_cast<int32_t>(v));
+}
+
+__device__ __forceinline__ void write_row(const KArgs& a, int bh, int64_t i, const sc::RowOut& o) {
+  const int64_t at = static_cast<int64_t>(bh) * a.sq + i;
+  a.tau[at] = o.tau;
+  a.theta_val[at] = o.theta_val;
+  a.theta_idx[at] = o.theta_idx;
+  a.n_active[at] = o.n_active;
+}
+
+// Steps 2-5 for one head, given its sorted keys. tcnt/tsum (the table), d (D_j) and ubuf (union
+// buffers, nullable) may alias each other: they are used in separate phases.
+template <class IdxT, class CntT>
+__device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, int fnf,
+                            CntT* tcnt, int64_t* tsum, IdxT* d, int32_t* ubuf, int64_t* bound) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+  const int n = a.n;
+  const int64_t k = a.k;
+  const sc::RowPlan plan = sc::make_plan(n, a.sq, k, a.window, fnf);
+  const sc::Fixed& fx = keys.fx;
+  const int wdlog = a.wdlog;
+  const int tw = ((n + (1 << wdlog) - 1) >> wdlog) - 1;  // table entries per chunk
+  const int nc = sc::chunks_used(plan, kLanes);
+  const bool want_union = a.union_idx != nullptr;
+
+  SEL_PROF(1);
+  // --- 2. Chunk bounds (cost-balanced), then the table: entry (c, w - 1) = alive count / fixed
+  //        sum of ranks [0, w << wdlog) at L = bound[c]. Built as per-(chunk, word) deltas, a
+  //        suffix sum over chunks (a key alive at chunk c's start is alive at every earlier
+  //        chunk's) and a prefix over words. Integer atomics: exact, so deterministic.
+  if (tid > 0 && tid < nc) bound[tid] = sc::chunk_bound_raw(plan, nc, tid);
+  for (int e = tid; e < nc * tw; e += blockDim.x) {
+    tcnt[e] = 0;
+    tsum[e] = 0;
+  }
+  __syncthreads();
+  if (tid == 0) sc::chunk_bounds_fix(plan, nc, kLanes, bound);
+  __syncthreads();
+  if (nc > 0 && tw > 0) {
+    for (int r = tid; r < n; r += blockDim.x) {
+      const int wr = r >> wdlog;
+      if (wr >= tw) continue;
+      const int m = sc::alive_chunks(bound, nc, keys.idx(r));
+      if (m == 0) continue;
+      const int e = (m - 1) * tw + wr;
+      add_count(tcnt, e, 1u);
+      atomicAdd(reinterpret_cast<unsigned long long*>(tsum + e),
+                static_cast<unsigned long long>(keys.v(r)));
+    }
+    __syncthreads();
+    for (int wr = tid; wr < tw; wr += blockDim.x) {
+      CntT ac = 0;
+      int64_t as = 0;
+      for (int c = nc - 1; c >= 0; --c) {
+        ac += tcnt[c * tw + wr];
+        as += tsum[c * tw + wr];
+        tcnt[c * tw + wr] = ac;
+        tsum[c * tw + wr] = as;
+      }
+    }
+    __syncthreads();
+    for (int c = tid; c < nc; c += blockDim.x) {
+      CntT ac = 0;
+      int64_t as = 0;
+      for (int wr = 0; wr < tw; ++wr) {
+        ac += tcnt[c * tw + wr];
+        as += tsum[c * tw + wr];
+        tcnt[c * tw + wr] = ac;
+        tsum[c * tw + wr] = as;
+      }
+    }
+    __syncthreads();
+  }
+
+  SEL_PROF(2);
+  // --- 3. Chunk starts (warp 0, one lane per chunk) and the rows that need no computation.
+  sc::Lane ln;  // done unless started
+  int th_start = -1;
+  const bool active = warp == 0 && lane < nc;
+  if (warp == 0) {
+    if (active) {
+      sc::TableRow<CntT> row;
+      row.cnt = tcnt + lane * tw;
+      row.sum = tsum + lane * tw;
+      row.wdlog = wdlog;
+      row.nw = tw + 1;
+      sc::init_lane(keys, row, static_cast<int>(bound[lane]),
+                    static_cast<int>(bound[lane + 1]) + 1, k, fx.one, ln);
+      th_start = ln.st.th.p;
+    }
+  } else {
+    for (int64_t i = tid - 32; i < a.sq; i += blockDim.x - 32) {
+      const int kind = sc::row_kind(plan, plan.row_L(i));
+      if (kind == 0) write_row(a, bh, i, sc::trivial_row());
+      if (kind == 1) write_row(a, bh, i, sc::nan_row());
+    }
+  }
+  __syncthreads();  // the table is dead from here on (d and ubuf may alias it)
+  SEL_PROF(3);
+
+  if (want_union) {
+    for (int j = tid; j < n; j += blockDim.x) d[j] = static_cast<IdxT>(sc::initial_d(plan, j));
+    __syncthreads();
+  }
+
+  // --- 4. Sweeps: the lanes tick until every chunk is done (one bounded step per tick, so the
+  //        lanes of the warp stay together).
+  if (warp == 0) {
+    auto emit = [&](int L, const sc::RowOut& o) { write_row(a, bh, L - plan.lbase, o); };
+    auto on_select = [&](int r, int L) {
+      if (want_union) d[keys.idx(r)] = static_cast<IdxT>(L);
+    };
+    int iters = 0;
+    while (__any_sync(0xffffffffu, !ln.done)) {
+      if (!ln.done) sc::tick(keys, ln, k, fx, emit, on_select);
+      ++iters;
+    }
+#if defined(BSK_SELECT_PROFILE)
+    if (lane == 0 && blockIdx.x < 4096) g_sel_prof[blockIdx.x * 8 + 6] = iters;
+#endif
+    (void)iters;
+    if (want_union && k > 0 && nc > 0) {
+      // Keys that enter the selection exactly at a chunk start: theta moved from the end of
+      // chunk c - 1 (L = bound[c] + 1) to the start of chunk c.
+      const int th_end = ln.st.th.p;
+      const int prev_end = __shfl_up_sync(0xffffffffu, th_end, 1);
+      if (active && lane > 0)
+        sc::mark_selected(keys, static_cast<int>(bound[lane]), prev_end + 1, th_start,
+                          [&](int j, int l) { d[j] = static_cast<IdxT>(l); });
+      // Chunk 0 starts at the top computed row: everything selected there.
+      const int th0 = __shfl_sync(0xffffffffu, th_start, 0);
+      const int hi0 = static_cast<int>(bound[0]);
+      for (int r = lane; r <= th0; r += 32) {
+        const int j = keys.idx(r);
+        if (j < hi0) d[j] = static_cast<IdxT>(hi0);
+      }
+    }
+  }
+  __syncthreads();
+  SEL_PROF(4);
+  if (!want_union) return;
+
+  // --- 5. Unions. Warp w handles tiles [t0, t1); tile t = the keys of tile t - 1 still selected
+  //        somewhere in t, then the keys j in [Lb(t-1), Lb(t)) selected somewhere in t.
+  const int64_t cap = a.union_cap;
+  const int t0 = static_cast<int>(static_cast<int64_t>(warp) * a.n_tiles / nwarps);
+  const int t1 = static_cast<int>(static_cast<int64_t>(warp + 1) * a.n_tiles / nwarps);
+  int32_t* buf = ubuf != nullptr ? ubuf + static_cast<int64_t>(warp) * cap : nullptr;
+  int cnt = 0;
+  int64_t prev_lb = 0;
+  for (int t = t0; t < t1; ++t) {
+    const int64_t la = plan.row_L(static_cast<int64_t>(t) * a.tile_q);
+    const int64_t lb =
+        plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
+    int32_t* out = a.union_idx + (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
+    int newcnt = 0;
+    auto emit = [&](bool pred, int j) {
+      const unsigned m = __ballot_sync(0xffffffffu, pred);
+      const int at = newcnt + __popc(m & ((1u << lane) - 1u));
+      if (pred && at < cap) {
+        out[at] = j;
+        if (buf) buf[at] = j;
+      }
+      newcnt += __popc(m);
+    };
+    int64_t jstart = 0;
+    if (t > t0) {
+      const int32_t* prev = buf ? buf : out - cap;
+      for (int base = 0; base < cnt; base += 32) {
+        const int i = base + lane;
+        int j = -1;
+        if (i < cnt) j = buf ? prev[i] : __ldcg(prev + i);
+        emit(i < cnt && sc::in_union(d[j], j, la, lb), j);
+      }
+      jstart = prev_lb;
+    }
+    for (int64_t base = jstart; base < lb; base += 32) {
+      const int j = static_cast<int>(base) + lane;
+      emit(j < lb && sc::in_union(d[j < lb ? j : 0], j, la, lb), j);
+    }
+    if (lane == 0) a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
+    cnt = newcnt < cap ? newcnt : static_cast<int>(cap);
+    prev_lb = lb;
+    __syncwarp();
+  }
+  __syncthreads();
+  SEL_PROF(5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared-memory path.
+// ---------------------------------------------------------------------------------------------
+template <int kThreads, int kItems, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const KArgs a) {
+  using Sort = cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int s_fnf;
+  __shared__ unsigned s_maxabs;
+  __shared__ int64_t s_bound[kLanes + 1];
+  float* val = reinterpret_cast<float*>(smem);  // raw scores until the sort, then fixed values
+  int64_t* val64 = reinterpret_cast<int64_t*>(smem);
+  uint16_t* ix = reinterpret_cast<uint16_t*>(smem + a.off_idx);
+  uint16_t* ps = reinterpret_cast<uint16_t*>(smem + a.off_pos);
+  unsigned char* region = smem + a.off_region;
+
+  const int tid = threadIdx.x;
+  const int bh = blockIdx.x;
+  const int b = bh / a.hkv, h = bh % a.hkv;
+  const int n = a.n;
+  const float* u = a.scores + b * a.s_b + h * a.s_h;
+
+  // --- 1. Load (coalesced when the head stride is 1), statistics, sort.
+  SEL_PROF(0);
+  if (tid == 0) {
+    s_fnf = n;
+    s_maxabs = 0;
+  }
+  __syncthreads();
+  int fnf = n;
+  unsigned maxabs = 0;
+#pragma unroll 4
+  for (int j = tid; j < n; j += kThreads) {
+    const float x = u[j * a.s_s];
+    const uint32_t bits = sc::float_bits(x);
+    if (sc::finite_bits(bits))
+      maxabs = max(maxabs, bits & 0x7fffffffu);
+    else
+      fnf = min(fnf, j);
+    val[j] = x;
+  }
+  atomicMin(&s_fnf, fnf);
+  atomicMax(&s_maxabs, maxabs);
+  __syncthreads();
+  uint32_t key[kItems];
+  uint16_t jj[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int q = tid * kItems + i;  // blocked input order: decreasing j, so ties keep larger j
+    const int j = n - 1 - q;
+    key[i] = q < n ? sc::sort_key(val[j]) : 0u;  // padding sorts last
+    jj[i] = static_cast<uint16_t>(q < n ? j : 0);
+  }
+  __syncthreads();  // every raw score is in registers: the sort may reuse their space
+  Sort(*reinterpret_cast<typename Sort::TempStorage*>(smem + a.off_sort)).SortDescending(key, jj);
+  __syncthreads();
+  const sc::Fixed fx = sc::make_fixed(s_maxabs, n);
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int r = tid * kItems + i;
+    if (r < n) {
+      val64[r] = sc::to_fixed(sc::key_value(key[i]), fx);
+      ix[r] = jj[i];
+      ps[jj[i]] = static_cast<uint16_t>(r);
+    }
+  }
+  __syncthreads();
+
+  DevKeys<uint16_t> keys{n, val64, nullptr, ix, ps, fx, u, a.s_s};
+  const int tw = ((n + (1 << a.wdlog) - 1) >> a.wdlog) - 1;
+  uint16_t* tcnt = reinterpret_cast<uint16_t*>(region);
+  int64_t* tsum =
+      reinterpret_cast<int64_t*>(region + align_up(sizeof(uint16_t) * kLanes * tw, 16));
+  uint16_t* d = reinterpret_cast<uint16_t*>(region);
+  int32_t* ubuf = a.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + a.off_ubuf) : nullptr;
+  select_head(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global path (Sk > kMaxSmemN): keys sorted by cub::DeviceSegmentedRadixSort beforehand.
+// ---------------------------------------------------------------------------------------------
+__global__ void prep_sort_kernel(const KArgs a, uint32_t* keys, int32_t* vals, int* offsets,
+                                 int nheads) {
+  const int g = blockIdx.y;
+  const int bh = a.bh0 + g;
+  const int b = bh / a.hkv, h = bh % a.hkv;
+  const int n = a.n;
+  const int q = blockIdx.x * blockDim.x + threadIdx.x;
+  if (q < n) {
+    const int j = n - 1 - q;  // decreasing j: the stable sort keeps the larger index first
+    const float x = a.scores[b * a.s_b + static_cast<int64_t>(j) * a.s_s + h * a.s_h];
+    keys[static_cast<int64_t>(g) * n + q] = sc::sort_key(x);
+    vals[static_cast<int64_t>(g) * n + q] = j;
+  }
+  if (g == 0 && blockIdx.x == 0)
+    for (int i = threadIdx.x; i <= nheads; i += blockDim.x) offsets[i] = i * n;
+}
+
+__global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
+  __shared__ int s_fnf;
+  __shared__ unsigned s_maxabs;
+  __shared__ int64_t s_bound[kLanes + 1];
+  const int tid = threadIdx.x;
+  const int g = blockIdx.x;
+  const int bh = a.bh0 + g;
+  const int b = bh / a.hkv, h = bh % a.hkv;
+  const int n = a.n;
+  uint32_t* kbits = a.g_keys + static_cast<int64_t>(g) * n;
+  const int32_t* ix = a.g_vals + static_cast<int64_t>(g) * n;
+  char* scratch = a.g_scratch + g * a.g_scratch_stride;
+  int32_t* ps = reinterpret_cast<int32_t*>(scratch);
+  if (tid == 0) {
+    s_fnf = n;
+    s_maxabs = 0;
+  }
+  __syncthreads();
+  int fnf = n;
+  unsigned maxabs = 0;
+  const float* u = a.scores + b * a.s_b + h * a.s_h;
+  for (int j = tid; j < n; j += blockDim.x) {
+    const uint32_t bits = sc::float_bits(u[static_cast<int64_t>(j) * a.s_s]);
+    if (sc::finite_bits(bits))
+      maxabs = max(maxabs, bits & 0x7fffffffu);
+    else
+      fnf = min(fnf, j);
+  }
+  for (int r = tid; r < n; r += blockDim.x) {
+    kbits[r] = sc::float_bits(sc::key_value(kbits[r]));
+    ps[ix[r]] = r;
+  }
+  atomicMin(&s_fnf, fnf);
+  atomicMax(&s_maxabs, maxabs);
+  __syncthreads();
+  DevKeys<int32_t> keys{n,  nullptr, reinterpret_cast<const float*>(kbits), ix, ps,
+                        sc::make_fixed(s_maxabs, n), u, a.s_s};
+  select_head(a, bh, keys, s_fnf, reinterpret_cast<int32_t*>(scratch + a.g_off_tcnt),
+              reinterpret_cast<int64_t*>(scratch + a.g_off_tsum),
+              reinterpret_cast<int32_t*>(scratch + a.g_off_d), nullptr, s_bound);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+// ---------------------------------------------------------------------------------------------
+struct SmemPlan {
+  int threads = 0, items = 0;
+  int wdlog = 5;
+  uint32_t off_idx = 0, off_pos = 0, off_region = 0, off_ubuf = 0, off_sort = 0;
+  std::size_t bytes = 0;
+  bool ubuf_in_smem = false;
+};
+
+std::size_t sort_temp_bytes(int threads, int items);
+
+int table_words(int n, int wdlog) { return ((n + (1 << wdlog) - 1) >> wdlog) - 1; }
+
+std::size_t table_bytes(int n, int wdlog, std::size_t cnt_size) {
+  const std::size_t tw = static_cast<std::size_t>(std::max(table_words(n, wdlog), 0));
+  return align_up(cnt_size * kLanes * tw, 16) + sizeof(int64_t) * kLanes * tw;
+}
+
+// Chooses the instantiation, the table word size and the layout, or returns false when the
+// keys do not fit in shared memory.
+bool plan_smem(const SelectParams& p, SmemPlan& sp) {
+  const int64_t n = p.seqlen_k;
+  if (n > kMaxSmemN) return false;
+  if (n <= 1024) {
+    sp.threads = 256, sp.items = 4;
+  } else if (n <= 2048) {
+    sp.threads = 256, sp.items = 8;
+  } else if (n <= 4096) {
+    sp.threads = 256, sp.items = 16;
+  } else if (n <= 8192) {
+    sp.threads = 256, sp.items = 32;
+  } else {
+    sp.threads = 512, sp.items = 32;
+  }
+  // Occupancy target (registers allow 3 CTAs of 256 threads): 3 per SM up to 4096 keys, then 2, 1.
+  const int ctas = n <= 4096 ? 3 : (n <= 8192 ? 2 : 1);
+  const std::size_t budget =
+      std::min<std::size_t>(kSmemPerSm / ctas - 1024 - 64, kSmemPerBlockMax - 64);
+  const std::size_t np = align_up(static_cast<std::size_t>(n), 32);  // whole alive-mask words
+  sp.off_idx = static_cast<uint32_t>(np * 8);  // int64 fixed values first
+  sp.off_pos = static_cast<uint32_t>(np * 10);
+  sp.off_region = static_cast<uint32_t>(np * 12);
+  // The sort's temporary storage goes behind the raw scores (which sit in registers during the
+  // sort) when it fits below the indices, else into the region.
+  const std::size_t sort_b = sort_temp_bytes(sp.threads, sp.items);
+  const bool sort_low = align_up(np * 4, 128) + sort_b <= sp.off_region;
+  sp.off_sort = sort_low ? static_cast<uint32_t>(align_up(np * 4, 128)) : sp.off_region;
+  const std::size_t d_b = align_up(np * 2, 16);
+  auto bytes_for = [&](int wdlog) {
+    return sp.off_region + std::max({sort_low ? std::size_t{0} : sort_b,
+                                     table_bytes(static_cast<int>(n), wdlog, 2), d_b});
+  };
+  // The smallest table word (fastest queries) that meets the occupancy target.
+  sp.wdlog = 5;
+  while (sp.wdlog < 14 && bytes_for(sp.wdlog) > budget) ++sp.wdlog;
+  sp.bytes = bytes_for(sp.wdlog);
+  if (sp.bytes > kSmemPerBlockMax - 64) return false;
+  // Union buffers (one tile's list per warp) after D when they fit in the budget; otherwise the
+  // previous tile is read back from the output.
+  const std::size_t ub = static_cast<std::size_t>(sp.threads / 32) *
+                         static_cast<std::size_t>(std::max<int64_t>(p.union_cap, 0)) * 4;
+  sp.off_ubuf = static_cast<uint32_t>(sp.off_region + d_b);
+  sp.ubuf_in_smem = false;
+  if (p.union_idx != nullptr && sp.off_ubuf + ub <= budget) {
+    sp.ubuf_in_smem = true;
+    sp.bytes = std::max<std::size_t>(sp.bytes, sp.off_ubuf + ub);
+  }
+  return true;
+}
+
+template <int kThreads, int kItems>
+std::size_t sort_bytes_of() {
+  return sizeof(typename cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t>::TempStorage);
+}
+std::size_t sort_temp_bytes(int threads, int items) {
+  if (threads == 256 && items == 4) return sort_bytes_of<256, 4>();
+  if (threads == 256 && items == 8) return sort_bytes_of<256, 8>();
+  if (threads == 256 && items == 16) return sort_bytes_of<256, 16>();
+  if (threads == 256 && items == 32) return sort_bytes_of<256, 32>();
+  return sort_bytes_of<512, 32>();
+}
+
+KArgs base_args(const SelectParams& p) {
+  KArgs a;
+  a.scores = p.scores;
+  a.s_b = p.score_stride[0];
+  a.s_s = p.score_stride[1];
+  a.s_h = p.score_stride[2];
+  a.n = static_cast<int>(p.seqlen_k);
+  a.sq = static_cast<int>(p.seqlen_q);
+  a.hkv = static_cast<int>(p.num_heads_kv);
+  a.k = p.k_select;
+  a.window = p.window;
+  a.tau = p.tau;
+  a.theta_val = p.theta_val;
+  a.theta_idx = p.theta_idx;
+  a.n_active = p.n_active;
+  a.union_idx = p.union_idx;
+  a.union_cnt = p.union_cnt;
+  a.tile_q = std::max(p.tile_q, 1);
+  a.n_tiles = static_cast<int>((p.seqlen_q + a.tile_q - 1) / a.tile_q);
+  a.union_cap = p.union_cap;
+  return a;
+}
+
+template <int kThreads, int kItems, int kMinBlocks>
+void launch_smem(const KArgs& a, const SmemPlan& sp, int64_t heads, cudaStream_t stream) {
+  auto kern = select_smem_kernel<kThreads, kItems, kMinBlocks>;
+  check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(sp.bytes)),
+        "cudaFuncSetAttribute(max dynamic shared memory)");
+  kern<<<static_cast<unsigned>(heads), kThreads, sp.bytes, stream>>>(a);
+  check(cudaGetLastError(), "select kernel launch");
+}
+
+// Global path layout for a batch of g heads.
+struct GlobalPlan {
+  int batch = 0;  // heads per batch
+  int wdlog = 6;
+  std::size_t off_keys_a = 0, off_keys_b = 0, off_vals_a = 0, off_vals_b = 0, off_offsets = 0;
+  std::size_t off_cub = 0, cub_bytes = 0, off_scratch = 0, scratch_stride = 0;
+  std::size_t d_off = 0, tcnt_off = 0, tsum_off = 0;
+  std::size_t total = 0;
+};
+
+GlobalPlan plan_global(const SelectParams& p) {
+  GlobalPlan gp;
+  const int64_t n = p.seqlen_k;
+  const int64_t heads = p.batch * p.num_heads_kv;
+  // Enough heads per batch to fill the GPU, few enough to bound the workspace and cub's int
+  // item count.
+  const int64_t max_by_items = (int64_t{1} << 31) / 2 / std::max<int64_t>(n, 1);
+  gp.batch = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({heads, 512, max_by_items})));
+  gp.wdlog = std::max(6, sc::bit_width64(static_cast<uint64_t>(n)) - 9);  // ~512 table words
+  const std::size_t items = static_cast<std::size_t>(gp.batch) * static_cast<std::size_t>(n);
+  std::size_t pos = 0;
+  auto take = [&](std::size_t bytes) {
+    const std::size_t at = pos;
+    pos = align_up(pos + bytes, kAlign);
+    return at;
+  };
+  gp.off_keys_a = take(items * 4);
+  gp.off_keys_b = take(items * 4);
+  gp.off_vals_a = take(items * 4);
+  gp.off_vals_b = take(items * 4);
+  gp.off_offsets = take((static_cast<std::size_t>(gp.batch) + 1) * 4);
+  cub::DoubleBuffer<uint32_t> dk(nullptr, nullptr);
+  cub::DoubleBuffer<int32_t> dv(nullptr, nullptr);
+  gp.cub_bytes = 0;
+  check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+            nullptr, gp.cub_bytes, dk, dv, static_cast<int>(items), gp.batch,
+            static_cast<const int*>(nullptr), static_cast<const int*>(nullptr), 0, 32),
+        "DeviceSegmentedRadixSort temp size");
+  gp.off_cub = take(gp.cub_bytes);
+  // Per head: pos[n], d[n], table (int32 counts, int64 sums).
+  gp.d_off = align_up(static_cast<std::size_t>(n) * 4, kAlign);
+  gp.tcnt_off = gp.d_off + align_up(static_cast<std::size_t>(n) * 4, kAlign);
+  const std::size_t tw = static_cast<std::size_t>(std::max(table_words(static_cast<int>(n), gp.wdlog), 0));
+  gp.tsum_off = gp.tcnt_off + align_up(4 * kLanes * tw, kAlign);
+  gp.scratch_stride = gp.tsum_off + align_up(8 * kLanes * tw + 8, kAlign);
+  gp.off_scratch = take(gp.scratch_stride * static_cast<std::size_t>(gp.batch));
+  gp.total = pos;
+  return gp;
+}
+
+}  // namespace
+
+std::size_t select_workspace_bytes(const SelectParams& p) {
+  if (p.batch <= 0 || p.num_heads_kv <= 0 || p.seqlen_q <= 0 || p.seqlen_k <= 0) return 0;
+  SmemPlan sp;
+  if (plan_smem(p, sp)) return 0;
+  return plan_global(p).total;
+}
+
+void sparsek_select(const SelectParams& p) {
+  if (p.batch <= 0 || p.num_heads_kv <= 0 || p.seqlen_q <= 0 || p.seqlen_k <= 0) return;
+  if (p.seqlen_k >= (int64_t{1} << 30))
+    throw NotImplemented("sparsek_select: sequences of 2^30 keys or more are not supported");
+  auto stream = static_cast<cudaStream_t>(p.stream);
+  const int64_t heads = p.batch * p.num_heads_kv;
+  KArgs a = base_args(p);
+  SmemPlan sp;
+  if (plan_smem(p, sp)) {
+    a.wdlog = sp.wdlog;
+    a.off_idx = sp.off_idx;
+    a.off_pos = sp.off_pos;
+    a.off_region = sp.off_region;
+    a.off_ubuf = sp.off_ubuf;
+    a.off_sort = sp.off_sort;
+    a.ubuf_in_smem = sp.ubuf_in_smem ? 1 : 0;
+    if (sp.items == 4) {
+      launch_smem<256, 4, 3>(a, sp, heads, stream);
+    } else if (sp.items == 8) {
+      launch_smem<256, 8, 3>(a, sp, heads, stream);
+    } else if (sp.items == 16) {
+      launch_smem<256, 16, 3>(a, sp, heads, stream);
+    } else if (sp.threads == 256) {
+      launch_smem<256, 32, 2>(a, sp, heads, stream);
+    } else {
+      launch_smem<512, 32, 1>(a, sp, heads, stream);
+    }
+    return;
+  }
+  if (p.workspace == nullptr)
+    throw CudaError("sparsek_select: Sk = " + std::to_string(p.seqlen_k) +
+                    " needs a workspace of select_workspace_bytes() bytes, got none");
+  const GlobalPlan gp = plan_global(p);
+  char* ws = static_cast<char*>(p.workspace);
+  a.wdlog = gp.wdlog;
+  const int n = a.n;
+  for (int64_t bh0 = 0; bh0 < heads; bh0 += gp.batch) {
+    const int g = static_cast<int>(std::min<int64_t>(gp.batch, heads - bh0));
+    a.bh0 = static_cast<int>(bh0);
+    auto* keys_a = reinterpret_cast<uint32_t*>(ws + gp.off_keys_a);
+    auto* keys_b = reinterpret_cast<uint32_t*>(ws + gp.off_keys_b);
+    auto* vals_a = reinterpret_cast<int32_t*>(ws + gp.off_vals_a);
+    auto* vals_b = reinterpret_cast<int32_t*>(ws + gp.off_vals_b);
+    auto* offsets = reinterpret_cast<int*>(ws + gp.off_offsets);
+    dim3 grid(static_cast<unsigned>((n + 255) / 256), static_cast<unsigned>(g));
+    prep_sort_kernel<<<grid, 256, 0, stream>>>(a, keys_a, vals_a, offsets, g);
+    check(cudaGetLastError(), "prep kernel launch");
+    cub::DoubleBuffer<uint32_t> dk(keys_a, keys_b);
+    cub::DoubleBuffer<int32_t> dv(vals_a, vals_b);
+    std::size_t cub_bytes = gp.cub_bytes;
+    check(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+              ws + gp.off_cub, cub_bytes, dk, dv, g * n, g, offsets, offsets + 1, 0, 32, stream),
+          "DeviceSegmentedRadixSort");
+    a.g_keys = dk.Current();
+    a.g_vals = dv.Current();
+    a.g_scratch = ws + gp.off_scratch;
+    a.g_scratch_stride = gp.scratch_stride;
+    a.g_off_d = gp.d_off;
+    a.g_off_tcnt = gp.tcnt_off;
+    a.g_off_tsum = gp.tsum_off;
+    select_global_kernel<<<static_cast<unsigned>(g), 256, 0, stream>>>(a);
+    check(cudaGetLastError(), "select kernel launch (global path)");
+  }
+}
+
+}  // namespace bsk::kernels

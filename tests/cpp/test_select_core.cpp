@@ -1,0 +1,757 @@
+// CPU tests of the SparseK selection core (include/bsk/kernels/sm90/sparsek_select_core.h)
+// against an exact brute force written here: for every query row, sort the candidates, find tau
+// exactly (128-bit fixed point over the true float values), theta, n_active, and the selection,
+// in O(L log L) per row (O(S^2 log S) per head, which is why it lives only in tests).
+//
+// The core is exercised the way the kernel glue drives it (select_emulate below mirrors
+// src/kernels/sm90/sparsek_select_sm90.cu): one sorted order, a per-chunk prefix table read
+// through table_q, run_chunk per chunk, the selection-interval fix-ups at chunk starts, and the
+// per-tile union via in_union.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bsk/kernels/sm90/sparsek_select_core.h"
+
+namespace sc = bsk::select_core;
+
+namespace {
+
+using i128 = __int128;
+
+// ---------------------------------------------------------------------------------------------
+// Brute force.
+// ---------------------------------------------------------------------------------------------
+constexpr int kBruteShift = 80;  // exact for |u| < 2^40 with at most 2^-56 resolution loss
+
+i128 exact_fixed(float u) {
+  uint32_t b = sc::float_bits(u);
+  int e = static_cast<int>((b >> 23) & 0xff);
+  if (e == 0) return 0;  // tests use no subnormals
+  i128 m = (b & 0x7fffff) | 0x800000;
+  int sh = e - 150 + kBruteShift;
+  i128 v = sh >= 0 ? (m << sh) : (m >> -sh);
+  return (b >> 31) ? -v : v;
+}
+
+struct BruteRow {
+  int kind = 0;  // 0 trivial, 1 NaN, 2 computed
+  double tau = 0;
+  float theta_val = 0;
+  int theta_idx = -1;
+  int n_active = 0;
+  std::vector<int> sel;  // the selected keys (any order)
+};
+
+BruteRow brute_row(const std::vector<float>& u, int64_t L, int64_t k) {
+  BruteRow out;
+  if (L <= k) {
+    out.kind = 0;
+    for (int j = 0; j < L; ++j) out.sel.push_back(j);
+    return out;
+  }
+  for (int j = 0; j < L; ++j) {
+    if (!std::isfinite(u[j])) {
+      out.kind = 1;
+      return out;
+    }
+  }
+  out.kind = 2;
+  std::vector<int> ord(static_cast<size_t>(L));
+  std::iota(ord.begin(), ord.end(), 0);
+  // (u, j) descending; -0 == +0 as values.
+  std::sort(ord.begin(), ord.end(), [&](int a, int b) {
+    if (u[a] != u[b]) return u[a] > u[b];
+    return a > b;
+  });
+  for (int64_t i = 0; i < k; ++i) out.sel.push_back(ord[i]);
+  if (k > 0) {
+    out.theta_val = u[ord[k - 1]];
+    out.theta_idx = ord[k - 1];
+  } else {
+    out.theta_val = std::numeric_limits<float>::infinity();
+    out.theta_idx = -1;
+  }
+  std::vector<i128> w(static_cast<size_t>(L));
+  for (int64_t i = 0; i < L; ++i) w[i] = exact_fixed(u[ord[i]]);  // descending
+  const i128 one = i128(1) << kBruteShift;
+  // Breakpoints, descending and unique.
+  std::vector<i128> bp;
+  bp.reserve(2 * L);
+  for (auto x : w) {
+    bp.push_back(x);
+    bp.push_back(x - one);
+  }
+  std::sort(bp.begin(), bp.end(), [](i128 a, i128 b) { return a > b; });
+  bp.erase(std::unique(bp.begin(), bp.end()), bp.end());
+  auto f_gt_k = [&](i128 t) {  // f(t) > k, exactly
+    i128 f = 0;
+    for (auto x : w) {
+      if (x >= t + one)
+        f += one;
+      else if (x > t)
+        f += x - t;
+    }
+    return f > i128(k) * one;
+  };
+  // First breakpoint (descending) with f > k; f(bp[0]) = 0 <= k.
+  size_t lo = 1, hi = bp.size();
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (f_gt_k(bp[mid]))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  // tau lies in (bp[lo], bp[lo - 1]]; the piece's partition is the one at the midpoint
+  // (bp[lo] exists: f(-inf) = L > k).
+  const i128 a = bp[lo], b = bp[lo - 1];
+  // t in (a, b): saturated iff x >= t + 1 iff x >= b + 1 (no breakpoint inside); active iff
+  // t < x < t + 1 iff x >= b and x <= a + 1... use the midpoint doubled to stay in integers.
+  const i128 t2 = a + b;  // 2t
+  i128 ns = 0, sum = 0, na = 0;
+  for (auto x : w) {
+    if (2 * x >= t2 + 2 * one)
+      ns++;
+    else if (2 * x > t2) {
+      na++;
+      sum += x;
+    }
+  }
+  EXPECT_GT(static_cast<int64_t>(na), 0);
+  const i128 N = (ns - k) * one + sum;  // tau = N / (na * one)
+  out.tau = static_cast<double>(static_cast<long double>(N) / static_cast<long double>(na) /
+                                std::ldexp(1.0L, kBruteShift));
+  int cnt = 0;
+  for (auto x : w)
+    if (x * na > N && x * na < N + na * one) cnt++;
+  out.n_active = cnt;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Emulation of the kernel glue on the host.
+// ---------------------------------------------------------------------------------------------
+struct HostKeys {
+  int n = 0;
+  const float* val = nullptr;
+  const int* ix = nullptr;
+  const int* ps = nullptr;
+  sc::Fixed fx;
+  int64_t v(int r) const { return sc::to_fixed(val[r], fx); }
+  int idx(int r) const { return ix[r]; }
+  int pos(int j) const { return ps[j]; }
+  float fval(int r) const { return val[r]; }
+  uint32_t alive_mask(int w, int L) const {
+    uint32_t m = 0;
+    for (int b = 0; b < 32 && 32 * w + b < n; ++b)
+      if (ix[32 * w + b] < L) m |= 1u << b;
+    return m;
+  }
+};
+
+struct Sorted {
+  std::vector<float> val;
+  std::vector<int> idx, pos;
+  int64_t fnf = 0;
+  sc::Fixed fx;
+  HostKeys keys() const {
+    HostKeys k;
+    k.n = static_cast<int>(val.size());
+    k.val = val.data();
+    k.ix = idx.data();
+    k.ps = pos.data();
+    k.fx = fx;
+    return k;
+  }
+};
+
+Sorted sort_keys(const std::vector<float>& u) {
+  const int n = static_cast<int>(u.size());
+  Sorted s;
+  std::vector<std::pair<uint32_t, int>> kv(n);
+  uint32_t maxabs = 0;
+  s.fnf = n;
+  for (int j = 0; j < n; ++j) {
+    kv[j] = {sc::sort_key(u[j]), j};
+    uint32_t b = sc::float_bits(u[j]);
+    if (sc::finite_bits(b))
+      maxabs = std::max(maxabs, b & 0x7fffffffu);
+    else if (s.fnf == n)
+      s.fnf = j;
+  }
+  std::sort(kv.begin(), kv.end(), [](auto a, auto b) {
+    if (a.first != b.first) return a.first > b.first;
+    return a.second > b.second;
+  });
+  s.val.resize(n);
+  s.idx.resize(n);
+  s.pos.resize(n);
+  for (int r = 0; r < n; ++r) {
+    s.val[r] = sc::key_value(kv[r].first);
+    s.idx[r] = kv[r].second;
+    s.pos[kv[r].second] = r;
+  }
+  s.fx = sc::make_fixed(maxabs, n);
+  return s;
+}
+
+// Per-chunk prefix table as the kernel builds it: row c, entry w - 1 = stats of ranks
+// [0, w << wdlog) for alive = idx < chunk_hi(c), w = 1..nw-1.
+struct Table {
+  int wdlog = 0, nw = 0;
+  std::vector<int32_t> cnt;
+  std::vector<int64_t> sum;
+};
+
+Table build_table(const HostKeys& keys, const int64_t* bound, int used, int wdlog) {
+  Table t;
+  t.wdlog = wdlog;
+  t.nw = (keys.n + (1 << wdlog) - 1) >> wdlog;
+  const int stride = std::max(t.nw - 1, 1);
+  t.cnt.assign(static_cast<size_t>(used) * stride, 0);
+  t.sum.assign(static_cast<size_t>(used) * stride, 0);
+  // Difference form exactly as the kernel: key r adds to (alive_chunks - 1, word) and the
+  // suffix over chunks then the prefix over words give the table.
+  std::vector<int32_t> dc(static_cast<size_t>(used) * (t.nw + 1), 0);
+  std::vector<int64_t> ds(dc.size(), 0);
+  for (int r = 0; r < keys.n; ++r) {
+    int m = sc::alive_chunks(bound, used, keys.idx(r));
+    if (m == 0) continue;
+    size_t at = static_cast<size_t>(m - 1) * (t.nw + 1) + (r >> wdlog);
+    dc[at] += 1;
+    ds[at] += keys.v(r);
+  }
+  for (int w = 0; w < t.nw; ++w)
+    for (int c = used - 2; c >= 0; --c) {
+      dc[c * (t.nw + 1) + w] += dc[(c + 1) * (t.nw + 1) + w];
+      ds[c * (t.nw + 1) + w] += ds[(c + 1) * (t.nw + 1) + w];
+    }
+  for (int c = 0; c < used; ++c) {
+    int32_t ac = 0;
+    int64_t as = 0;
+    for (int w = 1; w < t.nw; ++w) {
+      ac += dc[c * (t.nw + 1) + w - 1];
+      as += ds[c * (t.nw + 1) + w - 1];
+      t.cnt[c * stride + w - 1] = ac;
+      t.sum[c * stride + w - 1] = as;
+    }
+  }
+  return t;
+}
+
+sc::TableRow<int32_t> row_of(const Table& t, int c) {
+  const int stride = std::max(t.nw - 1, 1);
+  sc::TableRow<int32_t> r;
+  r.cnt = t.cnt.data() + c * stride;
+  r.sum = t.sum.data() + c * stride;
+  r.wdlog = t.wdlog;
+  r.nw = t.nw;
+  return r;
+}
+
+// A one-row table for an arbitrary L.
+Table table_for_L(const HostKeys& keys, int L, int wdlog) {
+  const int64_t bound[2] = {L, L - 1};
+  return build_table(keys, bound, 1, wdlog);
+}
+
+struct EmuOut {
+  std::vector<float> tau, theta_val;
+  std::vector<int> theta_idx, n_active;
+  std::vector<int64_t> d;
+  std::vector<std::vector<int>> unions;
+};
+
+EmuOut select_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window,
+                      int chunks, int wdlog, int tile_q) {
+  const int n = static_cast<int>(u.size());
+  Sorted s = sort_keys(u);
+  HostKeys keys = s.keys();
+  sc::RowPlan p = sc::make_plan(n, sq, k, window, s.fnf);
+  std::vector<int64_t> bound(chunks + 1);
+  const int used = sc::chunk_bounds(p, chunks, bound.data());
+  EmuOut o;
+  o.tau.assign(sq, -12345.f);
+  o.theta_val.assign(sq, -12345.f);
+  o.theta_idx.assign(sq, -12345);
+  o.n_active.assign(sq, -12345);
+  o.d.assign(n, 0);
+  for (int j = 0; j < n; ++j) o.d[j] = sc::initial_d(p, j);
+  auto put = [&](int64_t i, const sc::RowOut& r) {
+    EXPECT_EQ(o.theta_idx[i], -12345) << "row " << i << " written twice";
+    o.tau[i] = r.tau;
+    o.theta_val[i] = r.theta_val;
+    o.theta_idx[i] = r.theta_idx;
+    o.n_active[i] = r.n_active;
+  };
+  for (int64_t i = 0; i < sq; ++i) {
+    int kind = sc::row_kind(p, p.row_L(i));
+    if (kind == 0) put(i, sc::trivial_row());
+    if (kind == 1) put(i, sc::nan_row());
+  }
+  if (used > 0) {
+    Table t = build_table(keys, bound.data(), used, wdlog);
+    std::vector<int> th_start(used), th_end(used);
+    for (int c = 0; c < used; ++c) {
+      EXPECT_GT(bound[c], bound[c + 1]);
+      sc::run_chunk(
+          keys, row_of(t, c), static_cast<int>(bound[c]), static_cast<int>(bound[c + 1]) + 1, k,
+          s.fx, [&](int L, const sc::RowOut& r) { put(L - p.lbase, r); },
+          [&](int r, int L) { o.d[keys.idx(r)] = L; }, th_start[c], th_end[c]);
+    }
+    if (k > 0) {
+      for (int c = 0; c < used; ++c) {
+        const int from = c == 0 ? 0 : th_end[c - 1] + 1;
+        sc::mark_selected(keys, static_cast<int>(bound[c]), from, th_start[c],
+                          [&](int j, int L) { o.d[j] = L; });
+      }
+    }
+  }
+  const int64_t ntiles = (sq + tile_q - 1) / tile_q;
+  o.unions.resize(ntiles);
+  for (int64_t t = 0; t < ntiles; ++t) {
+    const int64_t la = p.row_L(t * tile_q), lb = p.row_L(std::min(sq, (t + 1) * tile_q) - 1);
+    for (int j = 0; j < n; ++j)
+      if (sc::in_union(o.d[j], j, la, lb)) o.unions[t].push_back(j);
+  }
+  return o;
+}
+
+std::string case_name(int n, int64_t sq, int64_t k, int64_t w, int chunks, int wdlog,
+                      const std::string& dist) {
+  return "n=" + std::to_string(n) + " sq=" + std::to_string(sq) + " k=" + std::to_string(k) +
+         " window=" + std::to_string(w) + " chunks=" + std::to_string(chunks) +
+         " wdlog=" + std::to_string(wdlog) + " dist=" + dist;
+}
+
+// Compares the emulated kernel against the brute force. Returns the number of mismatches
+// (reported through gtest, capped).
+int check_case(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window, int chunks,
+               int wdlog, int tile_q, const std::string& dist) {
+  const int n = static_cast<int>(u.size());
+  const std::string name = case_name(n, sq, k, window, chunks, wdlog, dist);
+  EmuOut o = select_emulate(u, sq, k, window, chunks, wdlog, tile_q);
+  int bad = 0;
+  auto fail = [&](const std::string& what) {
+    if (bad++ < 5) ADD_FAILURE() << name << ": " << what;
+  };
+  sc::RowPlan p = sc::make_plan(n, sq, k, window, n);
+  std::vector<std::vector<int>> sel(sq);
+  for (int64_t i = 0; i < sq; ++i) {
+    const int64_t L = p.row_L(i);
+    BruteRow b = brute_row(u, L, k);
+    sel[i] = b.sel;
+    const std::string at = "row " + std::to_string(i) + " L=" + std::to_string(L);
+    if (b.kind == 0) {
+      if (!(std::isinf(o.tau[i]) && o.tau[i] < 0 && std::isinf(o.theta_val[i]) &&
+            o.theta_val[i] < 0 && o.theta_idx[i] == -1 && o.n_active[i] == 0))
+        fail(at + ": trivial row expected, got tau=" + std::to_string(o.tau[i]));
+    } else if (b.kind == 1) {
+      sel[i].clear();  // NaN rows select nothing (documented)
+      if (!(std::isnan(o.tau[i]) && std::isnan(o.theta_val[i]) && o.theta_idx[i] == -1 &&
+            o.n_active[i] == 0))
+        fail(at + ": NaN row expected, got tau=" + std::to_string(o.tau[i]));
+    } else {
+      const double tol = 1e-6 * std::fabs(b.tau) + 1e-6;
+      if (!(std::fabs(static_cast<double>(o.tau[i]) - b.tau) <= tol))
+        fail(at + ": tau " + std::to_string(o.tau[i]) + " vs " + std::to_string(b.tau));
+      if (o.theta_idx[i] != b.theta_idx)
+        fail(at + ": theta_idx " + std::to_string(o.theta_idx[i]) + " vs " +
+             std::to_string(b.theta_idx));
+      if (!(o.theta_val[i] == b.theta_val))
+        fail(at + ": theta_val " + std::to_string(o.theta_val[i]) + " vs " +
+             std::to_string(b.theta_val));
+      if (o.n_active[i] != b.n_active)
+        fail(at + ": n_active " + std::to_string(o.n_active[i]) + " vs " +
+             std::to_string(b.n_active));
+    }
+  }
+  for (size_t t = 0; t < o.unions.size(); ++t) {
+    std::vector<char> in(n, 0);
+    for (int64_t i = t * tile_q; i < std::min<int64_t>(sq, (t + 1) * tile_q); ++i)
+      for (int j : sel[i]) in[j] = 1;
+    std::vector<int> want;
+    for (int j = 0; j < n; ++j)
+      if (in[j]) want.push_back(j);
+    if (want != o.unions[t])
+      fail("union of tile " + std::to_string(t) + ": " + std::to_string(o.unions[t].size()) +
+           " keys vs " + std::to_string(want.size()));
+    const int64_t rows = std::min<int64_t>(sq, (t + 1) * tile_q) - t * tile_q;
+    if (static_cast<int64_t>(o.unions[t].size()) > std::min<int64_t>(k + rows, n))
+      fail("union of tile " + std::to_string(t) + " exceeds k + rows");
+  }
+  return bad;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Score generators.
+// ---------------------------------------------------------------------------------------------
+enum class Dist { kNormal, kUniform, kTies3, kTiesInt, kSlopeUp, kSlopeDown, kConst, kSignedZero,
+                  kLarge, kNonFinite, kCount };
+
+const char* dist_name(Dist d) {
+  switch (d) {
+    case Dist::kNormal: return "normal";
+    case Dist::kUniform: return "uniform";
+    case Dist::kTies3: return "ties3";
+    case Dist::kTiesInt: return "ties_int";
+    case Dist::kSlopeUp: return "slope_up";
+    case Dist::kSlopeDown: return "slope_down";
+    case Dist::kConst: return "const";
+    case Dist::kSignedZero: return "signed_zero";
+    case Dist::kLarge: return "large";
+    case Dist::kNonFinite: return "nonfinite";
+    default: return "?";
+  }
+}
+
+std::vector<float> make_scores(int n, Dist d, std::mt19937_64& rng) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::uniform_real_distribution<float> ud(-3.f, 3.f);
+  std::uniform_int_distribution<int> pick3(0, 2);
+  std::vector<float> u(n);
+  const float slope = std::uniform_real_distribution<float>(0.001f, 0.7f)(rng);
+  for (int j = 0; j < n; ++j) {
+    switch (d) {
+      case Dist::kNormal: u[j] = nd(rng); break;
+      case Dist::kUniform: u[j] = ud(rng); break;
+      case Dist::kTies3: {
+        const float v[3] = {-0.5f, 0.25f, 1.0f};
+        u[j] = v[pick3(rng)];
+        break;
+      }
+      case Dist::kTiesInt: u[j] = static_cast<float>(pick3(rng)); break;
+      case Dist::kSlopeUp: u[j] = nd(rng) + slope * j; break;
+      case Dist::kSlopeDown: u[j] = nd(rng) - slope * j; break;
+      case Dist::kConst: u[j] = 0.75f; break;
+      case Dist::kSignedZero: {
+        const float v[3] = {-0.0f, 0.0f, 1.0f};
+        u[j] = v[pick3(rng)];
+        break;
+      }
+      case Dist::kLarge: u[j] = nd(rng) * 1e5f; break;
+      case Dist::kNonFinite: u[j] = nd(rng); break;
+      default: break;
+    }
+  }
+  if (d == Dist::kNonFinite && n > 0) {
+    const float bad[3] = {std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()};
+    const int cnt = 1 + static_cast<int>(rng() % 3);
+    for (int c = 0; c < cnt; ++c) u[rng() % n] = bad[rng() % 3];
+  }
+  return u;
+}
+
+// BSK_SELECT_STRESS=<m> multiplies the random case counts (and reseeds) for soak runs.
+int stress() {
+  const char* e = std::getenv("BSK_SELECT_STRESS");
+  return e ? std::max(1, std::atoi(e)) : 1;
+}
+
+int64_t pick(std::mt19937_64& rng, std::initializer_list<int64_t> v) {
+  return *(v.begin() + rng() % v.size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+// ---------------------------------------------------------------------------------------------
+TEST(SelectCoreHelpers, SortKeyOrderAndRoundTrip) {
+  const float vals[] = {-1e30f, -3.5f, -1.f, -1e-30f, 0.f, 1e-30f, 0.25f, 1.f, 7.f, 3e38f};
+  for (size_t i = 0; i + 1 < sizeof(vals) / sizeof(vals[0]); ++i) {
+    EXPECT_LT(sc::sort_key(vals[i]), sc::sort_key(vals[i + 1])) << vals[i];
+    EXPECT_EQ(sc::key_value(sc::sort_key(vals[i])), vals[i]);
+  }
+  EXPECT_EQ(sc::sort_key(-0.0f), sc::sort_key(0.0f));
+  EXPECT_EQ(sc::float_bits(sc::key_value(sc::sort_key(-0.0f))), 0u);
+}
+
+TEST(SelectCoreHelpers, FixedPointIsExactAndMonotone) {
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> nd(0.f, 3.f);
+  for (int n : {1, 113, 4097, 70000}) {
+    std::vector<float> u(500);
+    uint32_t maxabs = 0;
+    for (auto& x : u) {
+      x = nd(rng);
+      maxabs = std::max(maxabs, sc::float_bits(x) & 0x7fffffffu);
+    }
+    sc::Fixed fx = sc::make_fixed(maxabs, n);
+    EXPECT_GE(fx.shift, 20);
+    std::sort(u.begin(), u.end());
+    for (size_t i = 0; i < u.size(); ++i) {
+      int64_t v = sc::to_fixed(u[i], fx);
+      EXPECT_LE(std::llabs(v), fx.vmax);
+      // Exact for these magnitudes: v == u * 2^shift when u * 2^shift is an integer.
+      if (std::fabs(u[i]) > 1e-3f) {
+        EXPECT_EQ(static_cast<double>(v), std::ldexp(u[i], fx.shift));
+      }
+      if (i) {
+        EXPECT_LE(sc::to_fixed(u[i - 1], fx), v);
+      }
+      float back;
+      if (sc::fixed_to_float_exact(v, fx, back)) {
+        EXPECT_EQ(back, u[i]);
+      } else {
+        EXPECT_LT(std::fabs(u[i]), 1e-3f);  // only tiny scores need the original
+      }
+    }
+  }
+  // Absurd magnitudes saturate instead of overflowing.
+  sc::Fixed fx = sc::make_fixed(sc::float_bits(3e38f), 4096);
+  EXPECT_EQ(sc::to_fixed(3e38f, fx), fx.vmax);
+  EXPECT_EQ(sc::to_fixed(-3e38f, fx), -fx.vmax);
+}
+
+TEST(SelectCoreHelpers, PlanCoversRows) {
+  for (int64_t n : {1, 5, 113, 4096}) {
+    for (int64_t sq : {int64_t{1}, n / 2 + 1, n}) {
+      for (int64_t k : {0, 1, 3, 200}) {
+        for (int64_t w : {0, 1, 4, 200}) {
+          for (int chunks : {1, 3, 32}) {
+            sc::RowPlan p = sc::make_plan(n, sq, k, w, n);
+            std::vector<int64_t> bound(chunks + 1);
+            const int used = sc::chunk_bounds(p, chunks, bound.data());
+            std::vector<int> hit(n + 1, 0);
+            for (int c = 0; c < chunks; ++c) {
+              ASSERT_GE(bound[c], bound[c + 1]);
+              ASSERT_EQ(bound[c] > bound[c + 1], c < used);
+              for (int64_t L = bound[c + 1] + 1; L <= bound[c]; ++L) hit[L]++;
+            }
+            for (int64_t i = 0; i < sq; ++i) {
+              int64_t L = p.row_L(i);
+              const int64_t p_abs = n - sq + i;
+              const int64_t want = w > 0 ? std::max<int64_t>(0, p_abs - w + 1) : p_abs + 1;
+              ASSERT_EQ(L, want);
+              ASSERT_EQ(hit[L], L > k ? 1 : 0) << "n=" << n << " sq=" << sq << " L=" << L;
+            }
+            for (int64_t idx = 0; idx < n; ++idx) {
+              int m = 0;
+              for (int c = 0; c < used; ++c) m += bound[c] > idx;
+              ASSERT_EQ(sc::alive_chunks(bound.data(), used, idx), m);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(SelectCoreTable, QueriesMatchNaivePrefix) {
+  std::mt19937_64 rng(11);
+  for (int iter = 0; iter < 300; ++iter) {
+    const int n = 1 + static_cast<int>(rng() % 300);
+    std::vector<float> u = make_scores(n, static_cast<Dist>(rng() % 9), rng);
+    Sorted s = sort_keys(u);
+    HostKeys keys = s.keys();
+    const int chunks = 1 + static_cast<int>(rng() % 32);
+    const int64_t sq = 1 + static_cast<int64_t>(rng() % n);
+    sc::RowPlan p = sc::make_plan(n, sq, static_cast<int64_t>(rng() % 4), rng() % 5, n);
+    std::vector<int64_t> bound(chunks + 1);
+    const int used = sc::chunk_bounds(p, chunks, bound.data());
+    if (used == 0) continue;
+    const int wdlog = 5 + static_cast<int>(rng() % 3);
+    Table t = build_table(keys, bound.data(), used, wdlog);
+    for (int c = 0; c < used; ++c) {
+      const int L = static_cast<int>(bound[c]);
+      int cnt = 0;
+      int64_t sum = 0;
+      for (int r = 0; r <= n; ++r) {
+        int qc;
+        int64_t qs;
+        sc::table_q(keys, row_of(t, c), L, r, qc, qs);
+        ASSERT_EQ(qc, cnt) << "n=" << n << " wdlog=" << wdlog << " c=" << c << " r=" << r;
+        ASSERT_EQ(qs, sum);
+        if (r < n && keys.idx(r) < L) {
+          cnt++;
+          sum += keys.v(r);
+          ASSERT_EQ(sc::table_select(keys, row_of(t, c), L, cnt), r);
+        }
+      }
+    }
+  }
+}
+
+// Every row the tick machine emits (sweeping from L = n down) must come from a state whose
+// partition matches a full recount and equal a fresh start at that L.
+TEST(SelectCoreSweep, StepsMatchFromScratchAndRecount) {
+  std::mt19937_64 rng(12 + stress());
+  for (int iter = 0; iter < 400 * stress(); ++iter) {
+    const int n = 1 + static_cast<int>(rng() % 200);
+    const Dist d = static_cast<Dist>(rng() % 9);
+    std::vector<float> u = make_scores(n, d, rng);
+    Sorted s = sort_keys(u);
+    HostKeys keys = s.keys();
+    const int64_t k = static_cast<int64_t>(rng() % (n + 1));
+    if (k >= n) continue;
+    const int64_t one = s.fx.one;
+    const int wdlog = 5 + static_cast<int>(rng() % 2);
+    auto fresh_row = [&](int L) {
+      Table t = table_for_L(keys, L, wdlog);
+      sc::RowOut out{};
+      int a, b;
+      sc::run_chunk(keys, row_of(t, 0), L, L, k, s.fx, [&](int, const sc::RowOut& r) { out = r; },
+                    [](int, int) {}, a, b);
+      return out;
+    };
+    Table t = table_for_L(keys, n, wdlog);
+    sc::Lane ln;
+    sc::init_lane(keys, row_of(t, 0), n, static_cast<int>(k) + 1, k, one, ln);
+    int emitted = 0, ticks = 0;
+    // The state is checked just before the tick that emits its row.
+    auto check_state = [&]() {
+      const sc::SweepState& st = ln.st;
+      const int L = st.L;
+      int ns = 0, na = 0, ne = 0;
+      int64_t sa = 0;
+      for (int r = 0; r < n; ++r) {
+        if (keys.idx(r) >= L) continue;
+        const int64_t v = keys.v(r);
+        const bool sat = v * st.td >= st.tn + st.td * one;
+        const bool act = !sat && v * st.td > st.tn;
+        const bool eq = v * st.td == st.tn;
+        ASSERT_EQ(sat, r < st.p1.p) << dist_name(d) << " n=" << n << " k=" << k << " L=" << L;
+        ASSERT_EQ(act, r >= st.p1.p && r < st.p2.p);
+        ASSERT_EQ(eq, r >= st.p2.p && r < st.p3.p);
+        ns += sat;
+        na += act;
+        ne += eq;
+        if (act) sa += v;
+      }
+      ASSERT_EQ(ns, st.ns);
+      ASSERT_EQ(na, st.na);
+      ASSERT_EQ(ne, st.ne);
+      ASSERT_EQ(sa, st.sa);
+      for (const sc::Cursor* c : {&st.p1, &st.p2, &st.p3}) {
+        ASSERT_TRUE(c->p == n || keys.idx(c->p) < L);
+        if (c->p < n) {
+          ASSERT_EQ(c->v, keys.v(c->p));
+          ASSERT_EQ(c->m, keys.alive_mask(c->p >> 5, L));
+        }
+      }
+      if (k > 0) {
+        ASSERT_LT(keys.idx(st.th.p), L);
+        ASSERT_EQ(st.th.m, keys.alive_mask(st.th.p >> 5, L));
+      }
+    };
+    auto check_row = [&](int L, const sc::RowOut& row) {
+      ASSERT_EQ(L, n - emitted);
+      emitted++;
+      const sc::RowOut f = fresh_row(L);
+      ASSERT_EQ(f.tau, row.tau);
+      ASSERT_EQ(f.theta_idx, row.theta_idx);
+      ASSERT_EQ(f.n_active, row.n_active);
+    };
+    int selected = 0;
+    while (!ln.done) {
+      if (sc::row_ready(keys, ln, one)) {
+        check_state();
+        if (HasFatalFailure()) return;
+      }
+      sc::tick(keys, ln, k, s.fx, check_row, [&](int, int) { selected++; });
+      ASSERT_LT(++ticks, 100000);
+    }
+    ASSERT_EQ(emitted, n - k);
+    ASSERT_LE(selected, n - k - 1);
+  }
+}
+
+TEST(SelectCoreBrute, RandomSmallCases) {
+  std::mt19937_64 rng(2024 + stress());
+  int cases = 0;
+  for (int iter = 0; iter < 2500 * stress(); ++iter) {
+    const int n = static_cast<int>(pick(rng, {1, 2, 3, 5, 8, 17, 33, 64, 113, 150, 257}));
+    const Dist d = static_cast<Dist>(rng() % static_cast<int>(Dist::kCount));
+    std::vector<float> u = make_scores(n, d, rng);
+    const int64_t k = pick(rng, {0, 1, 2, 7, 16, n - 1, n, n + 5, static_cast<int64_t>(rng() % (n + 1))});
+    const int64_t w = pick(rng, {0, 1, 3, 16, n, n + 3, static_cast<int64_t>(rng() % (n + 1))});
+    const int64_t sq = pick(rng, {1, n, 1 + static_cast<int64_t>(rng() % n)});
+    if (k < 0 || (k == 0 && w == 0)) continue;
+    const int chunks = static_cast<int>(pick(rng, {1, 2, 5, 32}));
+    const int wdlog = static_cast<int>(pick(rng, {5, 6, 7}));
+    const int tile_q = static_cast<int>(pick(rng, {1, 3, 16, 128}));
+    if (check_case(u, sq, k, w, chunks, wdlog, tile_q, dist_name(d)) > 0) return;
+    cases++;
+  }
+  EXPECT_GT(cases, 2000 * stress());
+}
+
+TEST(SelectCoreBrute, Size1000AllRows) {
+  std::mt19937_64 rng(99);
+  for (Dist d : {Dist::kNormal, Dist::kTies3, Dist::kTiesInt, Dist::kSlopeUp, Dist::kConst,
+                 Dist::kNonFinite}) {
+    std::vector<float> u = make_scores(1000, d, rng);
+    EXPECT_EQ(check_case(u, 1000, 64, 100, 32, 6, 128, dist_name(d)), 0);
+    EXPECT_EQ(check_case(u, 1000, 7, 0, 32, 5, 64, dist_name(d)), 0);
+  }
+}
+
+TEST(SelectCoreBrute, Size4097) {
+  std::mt19937_64 rng(4097);
+  // Full rows once (the brute force is O(S^2 log S)); a tail of rows for the other shapes.
+  std::vector<float> u = make_scores(4097, Dist::kNormal, rng);
+  EXPECT_EQ(check_case(u, 4097, 256, 256, 32, 6, 128, "normal"), 0);
+  for (Dist d : {Dist::kTies3, Dist::kSlopeUp, Dist::kSlopeDown, Dist::kLarge, Dist::kNonFinite}) {
+    u = make_scores(4097, d, rng);
+    EXPECT_EQ(check_case(u, 300, 256, 256, 32, 6, 128, dist_name(d)), 0);
+    EXPECT_EQ(check_case(u, 129, 1, 0, 32, 6, 128, dist_name(d)), 0);
+    EXPECT_EQ(check_case(u, 77, 4000, 33, 32, 6, 16, dist_name(d)), 0);
+  }
+}
+
+TEST(SelectCoreBrute, EdgeShapes) {
+  std::mt19937_64 rng(5);
+  // k = 0 (window > 0), k > S, window > S, S = 1, all ties, all rows trivial.
+  struct C {
+    int n;
+    int64_t sq, k, w;
+  } cs[] = {{1, 1, 0, 1}, {1, 1, 1, 0}, {1, 1, 5, 3}, {2, 2, 1, 0}, {2, 2, 0, 1},
+            {113, 113, 0, 1}, {113, 113, 0, 7}, {113, 113, 200, 0}, {113, 113, 1, 500},
+            {113, 50, 112, 0}, {113, 113, 113, 0}, {64, 64, 63, 0}, {64, 64, 1, 63}};
+  for (const auto& c : cs) {
+    for (Dist d : {Dist::kNormal, Dist::kConst, Dist::kTiesInt, Dist::kSignedZero,
+                   Dist::kNonFinite}) {
+      std::vector<float> u = make_scores(c.n, d, rng);
+      EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 32, 5, 3, dist_name(d)), 0);
+      EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 1, 7, 128, dist_name(d)), 0);
+    }
+  }
+}
+
+// The monotonicity facts the algorithm rests on (SPEC section 1), checked on the brute force.
+TEST(SelectCoreBrute, MonotonicityProperties) {
+  std::mt19937_64 rng(31);
+  for (int iter = 0; iter < 200; ++iter) {
+    const int n = 2 + static_cast<int>(rng() % 150);
+    std::vector<float> u = make_scores(n, static_cast<Dist>(rng() % 8), rng);
+    const int64_t k = 1 + static_cast<int64_t>(rng() % (n - 1));
+    double prev_tau = -INFINITY;
+    std::vector<int> prev_sel;
+    for (int64_t L = k + 1; L <= n; ++L) {
+      BruteRow b = brute_row(u, L, k);
+      ASSERT_GE(b.tau, prev_tau);
+      std::vector<int> s = b.sel, ps = prev_sel;
+      std::sort(s.begin(), s.end());
+      std::sort(ps.begin(), ps.end());
+      ps.push_back(static_cast<int>(L - 1));
+      std::sort(ps.begin(), ps.end());
+      if (L > k + 1) {
+        ASSERT_TRUE(std::includes(ps.begin(), ps.end(), s.begin(), s.end()));
+      }
+      prev_tau = b.tau;
+      prev_sel = b.sel;
+    }
+  }
+}
+
+}  // namespace
