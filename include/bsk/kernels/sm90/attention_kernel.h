@@ -196,10 +196,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       hook.gate(tSrS, t, s, col0);
     };
     auto rescale_o = [&](const float(&corr)[2]) {
+      // Element a + 2 b + 4 v of the accumulator belongs to row b (see mask_hook.h).
       CUTE_UNROLL
-      for (int v = 0; v < kD / 8; ++v) CUTE_UNROLL
-      for (int bb = 0; bb < 2; ++bb) CUTE_UNROLL
-      for (int aa = 0; aa < 2; ++aa) tOrO(aa + 2 * bb + 4 * v) *= corr[bb];
+      for (int e = 0; e < size(tOrO); ++e) tOrO(e) *= corr[(e >> 1) & 1];
     };
     auto to_element = [&](auto& rP, const auto& tSrS) {
       CUTE_UNROLL
