@@ -131,7 +131,10 @@ struct Sweep {
     double s_sat, s_pos;
     fw.prefix(ranks_ge(t + 1), c_sat, s_sat);
     fw.prefix(ranks_gt(t), c_pos, s_pos);
-    return double(c_sat) + (s_pos - s_sat) - t * double(c_pos - c_sat);
+    // Infinite test points (from keys that are not candidates) have no active keys: avoid
+    // inf * 0.
+    const int64_t n_act = c_pos - c_sat;
+    return double(c_sat) + (s_pos - s_sat) - (n_act != 0 ? t * double(n_act) : 0.0);
   }
 };
 
@@ -250,13 +253,17 @@ void sparsek_operator(int64_t batch, int64_t seqlen_k, int64_t num_heads_kv, int
           continue;
         }
         const double kk = double(k_select);
+        // f is evaluated from prefix sums, so a kink that sits exactly on the level k (the flat
+        // "gap" case) can come out a few ulps above it; compare with a relative tolerance far
+        // below any real difference of the inputs.
+        const double tol = 1e-12 * (1.0 + kk);
         // Test points: the kinks u and u - 1 of every key (inserted or not: extra points are
         // harmless). f is non-increasing in t; f(u_[r]) is non-decreasing in the rank r.
         auto boundary = [&](double shift) {  // largest rank r with f(u_[r] + shift) <= k, or -1
           int64_t lo = -1, hi = seqlen_k;    // invariant: f(pt(lo)) <= k, f(pt(hi)) > k
           while (hi - lo > 1) {
             int64_t mid = (lo + hi) / 2;
-            if (sw.f(fw, sw.sorted_u[mid] + shift) <= kk)
+            if (sw.f(fw, sw.sorted_u[mid] + shift) <= kk + tol)
               lo = mid;
             else
               hi = mid;
@@ -270,7 +277,7 @@ void sparsek_operator(int64_t batch, int64_t seqlen_k, int64_t num_heads_kv, int
         if (a + 1 < seqlen_k) L = std::max(L, sw.sorted_u[a + 1]);
         if (c + 1 < seqlen_k) L = std::max(L, sw.sorted_u[c + 1] - 1.0);
         double tau;
-        if (sw.f(fw, R) == kk || !(L < R)) {
+        if (std::abs(sw.f(fw, R) - kk) <= tol || !(L < R)) {
           tau = R;
         } else {
           // No kink in (L, R): classify at the midpoint, solve the linear piece exactly.

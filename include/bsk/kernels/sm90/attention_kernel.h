@@ -221,8 +221,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       Barrier::wait(&sm.bar_k[0], 0);
       issue_qk(tSrS, 0);
       warpgroup_wait<0>();
-      release(&sm.bar_empty_k[0]);
+      // The K stage also carries the gathered keys' metadata, which the hook reads: SparseK
+      // releases the stage only after its mask and gate.
+      constexpr bool kEarlyRelease = !decltype(hook)::kHasGate;
+      if (kEarlyRelease) release(&sm.bar_empty_k[0]);
       softmax_tile(tSrS, t, 0, corr);
+      if (!kEarlyRelease) release(&sm.bar_empty_k[0]);
       to_element(rP, tSrS);
       for (int i = 1; i < n; ++i) {
         const int s = i % kStages, sp = (i - 1) % kStages;
@@ -232,8 +236,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         Barrier::wait(&sm.bar_v[sp], ((i - 1) / kStages) & 1);
         issue_pv(rP, sp);
         warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
-        release(&sm.bar_empty_k[s]);
+        if (kEarlyRelease) release(&sm.bar_empty_k[s]);
         softmax_tile(tSrS, t, s, corr);
+        if (!kEarlyRelease) release(&sm.bar_empty_k[s]);
         warpgroup_wait<0>();  // P V of tile i - 1 done: O and rP may be touched again
         warpgroup_fence_operand(tOrO);
         release(&sm.bar_empty_v[sp]);
