@@ -127,15 +127,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       }
       auto k_dst = [&](int r, int c) -> Element& { return sK(r, c, s); };
       auto v_dst = [&](int r, int c) -> Element& { return sV(r, c, s); };
-      auto key_of = [&](int r) -> int64_t { return t.gathered ? t.list[r] : t.start + r; };
-      Producer::template load_rows<kBlockN>(k_dst, tid, kb, [&](int r) -> const Element* {
-        return r < t.count ? kb + key_of(r) * a.k_stride[1] : nullptr;
-      });
+      int32_t keys[Producer::kKeysPerThread];
+      Producer::fetch_keys(t, tid, keys);
+      Producer::load_keys(k_dst, tid, kb, a.k_stride[1], keys);
       cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_k[s]);
       if (round > 0) Barrier::wait(&sm.bar_empty_v[s], (round - 1) & 1);
-      Producer::template load_rows<kBlockN>(v_dst, tid, vb, [&](int r) -> const Element* {
-        return r < t.count ? vb + key_of(r) * a.v_stride[1] : nullptr;
-      });
+      Producer::load_keys(v_dst, tid, vb, a.v_stride[1], keys);
       cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_v[s]);
     }
     // Keep the producer's copies owned by a live thread until they land.
