@@ -10,6 +10,17 @@
 //        Sel_p = the k candidates with the largest (u_j, j), gate m_pj = clip(u_j - tau_p, 0, 1).
 //   Non-finite scores: if n_p > k and some u_j (j in C_p) is NaN or +-inf, tau_p = NaN and the
 //   attention row of p is NaN. (When n_p <= k the scores are not used.)
+// Conventions at the edges (shared with python/blackwell_sparsek/reference.py):
+//   n_p <= k:          tau = -inf, theta = (-inf, -1), n_active = 0, every candidate selected
+//                      with gate 1 (ordered by (u, j) descending, NaN ordered as +inf).
+//   n_p > k, non-finite candidate ("NaN row"): tau = NaN, theta = (NaN, -1), n_active = 0,
+//                      nothing selected (idx -1, gate NaN in all k slots), out and lse NaN; such
+//                      a row contributes no gradient (its outputs are NaN constants).
+//   n_p > k == 0:      tau = max_{C_p} u, theta = (+inf, -1) (nothing selected), n_active = 0.
+//   U_p empty (only k == 0 and window == 0, which the API rejects): out 0, lse -inf.
+//   tau is computed from the linear piece of f that crosses k, in closed form; when f == k at a
+//   breakpoint (e.g. the k-th and (k+1)-th scores are >= 1 apart) tau is that breakpoint
+//   exactly. n_active is counted as #{ u_j > tau } - #{ u_j >= tau + 1 } with tau + 1 rounded.
 #pragma once
 
 #include <cstdint>
@@ -52,6 +63,15 @@ void sparsek_operator(int64_t batch, int64_t seqlen_k, int64_t num_heads_kv, int
 void sparsek_selection(int64_t batch, int64_t seqlen_k, int64_t num_heads_kv, int64_t seqlen_q,
                        const double* scores, int64_t k_select, int64_t window, int64_t* idx,
                        double* gate);
+
+// Vector-Jacobian product of sparsek_selection's gates w.r.t. the scores: given dgate
+// [B,Sq,Hkv,kk] (padding slots ignored), writes dscores [B,Sk,Hkv] =
+//   sum_p sum_{j in A_p} (dgate_pj [j in Sel_p] - c_p),  c_p = (1/|A_p|) sum_{A_p ∩ Sel_p} dgate_pj
+// over the rows with n_p > k (d tau_p / d u_j = [j in A_p] / |A_p|; a gate moves with u_j - tau_p
+// only when j in A_p). O(Sk log Sk + Sq (k + log Sk) log Sk) per (b, hkv).
+void sparsek_selection_bwd(int64_t batch, int64_t seqlen_k, int64_t num_heads_kv, int64_t seqlen_q,
+                           const double* scores, int64_t k_select, int64_t window,
+                           const double* dgate, double* dscores);
 
 // SparseK attention forward (value gating). scores [B,Sk,Hkv]; lse nullable.
 void sparsek_attention_fwd(const AttnShape& s, const double* q, const double* k, const double* v,
