@@ -395,22 +395,44 @@ int check_case(const std::vector<float>& u, int64_t sq, int64_t k, int64_t windo
 // ---------------------------------------------------------------------------------------------
 // Score generators.
 // ---------------------------------------------------------------------------------------------
-enum class Dist { kNormal, kUniform, kTies3, kTiesInt, kSlopeUp, kSlopeDown, kConst, kSignedZero,
-                  kLarge, kNonFinite, kCount };
+enum class Dist {
+  kNormal,
+  kUniform,
+  kTies3,
+  kTiesInt,
+  kSlopeUp,
+  kSlopeDown,
+  kConst,
+  kSignedZero,
+  kLarge,
+  kNonFinite,
+  kCount
+};
 
 const char* dist_name(Dist d) {
   switch (d) {
-    case Dist::kNormal: return "normal";
-    case Dist::kUniform: return "uniform";
-    case Dist::kTies3: return "ties3";
-    case Dist::kTiesInt: return "ties_int";
-    case Dist::kSlopeUp: return "slope_up";
-    case Dist::kSlopeDown: return "slope_down";
-    case Dist::kConst: return "const";
-    case Dist::kSignedZero: return "signed_zero";
-    case Dist::kLarge: return "large";
-    case Dist::kNonFinite: return "nonfinite";
-    default: return "?";
+    case Dist::kNormal:
+      return "normal";
+    case Dist::kUniform:
+      return "uniform";
+    case Dist::kTies3:
+      return "ties3";
+    case Dist::kTiesInt:
+      return "ties_int";
+    case Dist::kSlopeUp:
+      return "slope_up";
+    case Dist::kSlopeDown:
+      return "slope_down";
+    case Dist::kConst:
+      return "const";
+    case Dist::kSignedZero:
+      return "signed_zero";
+    case Dist::kLarge:
+      return "large";
+    case Dist::kNonFinite:
+      return "nonfinite";
+    default:
+      return "?";
   }
 }
 
@@ -422,25 +444,42 @@ std::vector<float> make_scores(int n, Dist d, std::mt19937_64& rng) {
   const float slope = std::uniform_real_distribution<float>(0.001f, 0.7f)(rng);
   for (int j = 0; j < n; ++j) {
     switch (d) {
-      case Dist::kNormal: u[j] = nd(rng); break;
-      case Dist::kUniform: u[j] = ud(rng); break;
+      case Dist::kNormal:
+        u[j] = nd(rng);
+        break;
+      case Dist::kUniform:
+        u[j] = ud(rng);
+        break;
       case Dist::kTies3: {
         const float v[3] = {-0.5f, 0.25f, 1.0f};
         u[j] = v[pick3(rng)];
         break;
       }
-      case Dist::kTiesInt: u[j] = static_cast<float>(pick3(rng)); break;
-      case Dist::kSlopeUp: u[j] = nd(rng) + slope * j; break;
-      case Dist::kSlopeDown: u[j] = nd(rng) - slope * j; break;
-      case Dist::kConst: u[j] = 0.75f; break;
+      case Dist::kTiesInt:
+        u[j] = static_cast<float>(pick3(rng));
+        break;
+      case Dist::kSlopeUp:
+        u[j] = nd(rng) + slope * j;
+        break;
+      case Dist::kSlopeDown:
+        u[j] = nd(rng) - slope * j;
+        break;
+      case Dist::kConst:
+        u[j] = 0.75f;
+        break;
       case Dist::kSignedZero: {
         const float v[3] = {-0.0f, 0.0f, 1.0f};
         u[j] = v[pick3(rng)];
         break;
       }
-      case Dist::kLarge: u[j] = nd(rng) * 1e5f; break;
-      case Dist::kNonFinite: u[j] = nd(rng); break;
-      default: break;
+      case Dist::kLarge:
+        u[j] = nd(rng) * 1e5f;
+        break;
+      case Dist::kNonFinite:
+        u[j] = nd(rng);
+        break;
+      default:
+        break;
     }
   }
   if (d == Dist::kNonFinite && n > 0) {
@@ -600,8 +639,9 @@ TEST(SelectCoreSweep, StepsMatchFromScratchAndRecount) {
       Table t = table_for_L(keys, L, wdlog);
       sc::RowOut out{};
       int a, b;
-      sc::run_chunk(keys, row_of(t, 0), L, L, k, s.fx, [&](int, const sc::RowOut& r) { out = r; },
-                    [](int, int) {}, a, b);
+      sc::run_chunk(
+          keys, row_of(t, 0), L, L, k, s.fx, [&](int, const sc::RowOut& r) { out = r; },
+          [](int, int) {}, a, b);
       return out;
     };
     Table t = table_for_L(keys, n, wdlog);
@@ -673,7 +713,8 @@ TEST(SelectCoreBrute, RandomSmallCases) {
     const int n = static_cast<int>(pick(rng, {1, 2, 3, 5, 8, 17, 33, 64, 113, 150, 257}));
     const Dist d = static_cast<Dist>(rng() % static_cast<int>(Dist::kCount));
     std::vector<float> u = make_scores(n, d, rng);
-    const int64_t k = pick(rng, {0, 1, 2, 7, 16, n - 1, n, n + 5, static_cast<int64_t>(rng() % (n + 1))});
+    const int64_t k =
+        pick(rng, {0, 1, 2, 7, 16, n - 1, n, n + 5, static_cast<int64_t>(rng() % (n + 1))});
     const int64_t w = pick(rng, {0, 1, 3, 16, n, n + 3, static_cast<int64_t>(rng() % (n + 1))});
     const int64_t sq = pick(rng, {1, n, 1 + static_cast<int64_t>(rng() % n)});
     if (k < 0 || (k == 0 && w == 0)) continue;
@@ -715,12 +756,13 @@ TEST(SelectCoreBrute, EdgeShapes) {
   struct C {
     int n;
     int64_t sq, k, w;
-  } cs[] = {{1, 1, 0, 1}, {1, 1, 1, 0}, {1, 1, 5, 3}, {2, 2, 1, 0}, {2, 2, 0, 1},
-            {113, 113, 0, 1}, {113, 113, 0, 7}, {113, 113, 200, 0}, {113, 113, 1, 500},
-            {113, 50, 112, 0}, {113, 113, 113, 0}, {64, 64, 63, 0}, {64, 64, 1, 63}};
+  } cs[] = {{1, 1, 0, 1},       {1, 1, 1, 0},      {1, 1, 5, 3},       {2, 2, 1, 0},
+            {2, 2, 0, 1},       {113, 113, 0, 1},  {113, 113, 0, 7},   {113, 113, 200, 0},
+            {113, 113, 1, 500}, {113, 50, 112, 0}, {113, 113, 113, 0}, {64, 64, 63, 0},
+            {64, 64, 1, 63}};
   for (const auto& c : cs) {
-    for (Dist d : {Dist::kNormal, Dist::kConst, Dist::kTiesInt, Dist::kSignedZero,
-                   Dist::kNonFinite}) {
+    for (Dist d :
+         {Dist::kNormal, Dist::kConst, Dist::kTiesInt, Dist::kSignedZero, Dist::kNonFinite}) {
       std::vector<float> u = make_scores(c.n, d, rng);
       EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 32, 5, 3, dist_name(d)), 0);
       EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 1, 7, 128, dist_name(d)), 0);

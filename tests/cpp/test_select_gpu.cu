@@ -33,7 +33,8 @@ bool have_sm90() {
 #define SKIP_WITHOUT_SM90() \
   if (!have_sm90()) GTEST_SKIP() << "needs an sm_90 GPU"
 
-#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x << ": " << cudaGetErrorString(cudaGetLastError())
+#define CUDA_OK(x) \
+  ASSERT_EQ((x), cudaSuccess) << #x << ": " << cudaGetErrorString(cudaGetLastError())
 
 template <class T>
 struct DevBuf {
@@ -61,13 +62,20 @@ enum class Dist { kNormal, kTies3, kTiesInt, kSlopeUp, kConst, kNonFinite, kSign
 
 const char* dist_name(Dist d) {
   switch (d) {
-    case Dist::kNormal: return "normal";
-    case Dist::kTies3: return "ties3";
-    case Dist::kTiesInt: return "ties_int";
-    case Dist::kSlopeUp: return "slope_up";
-    case Dist::kConst: return "const";
-    case Dist::kNonFinite: return "nonfinite";
-    case Dist::kSignedZero: return "signed_zero";
+    case Dist::kNormal:
+      return "normal";
+    case Dist::kTies3:
+      return "ties3";
+    case Dist::kTiesInt:
+      return "ties_int";
+    case Dist::kSlopeUp:
+      return "slope_up";
+    case Dist::kConst:
+      return "const";
+    case Dist::kNonFinite:
+      return "nonfinite";
+    case Dist::kSignedZero:
+      return "signed_zero";
   }
   return "?";
 }
@@ -84,16 +92,26 @@ std::vector<float> make_scores(int64_t B, int64_t Sk, int64_t H, int64_t pad, Di
       for (int64_t j = 0; j < Sk; ++j) {
         float x = 0.f;
         switch (d) {
-          case Dist::kNormal: x = nd(rng); break;
+          case Dist::kNormal:
+            x = nd(rng);
+            break;
           case Dist::kTies3: {
             const float v[3] = {-0.5f, 0.25f, 1.0f};
             x = v[pick3(rng)];
             break;
           }
-          case Dist::kTiesInt: x = static_cast<float>(pick3(rng)); break;
-          case Dist::kSlopeUp: x = nd(rng) + slope * static_cast<float>(j); break;
-          case Dist::kConst: x = 0.75f; break;
-          case Dist::kNonFinite: x = nd(rng); break;
+          case Dist::kTiesInt:
+            x = static_cast<float>(pick3(rng));
+            break;
+          case Dist::kSlopeUp:
+            x = nd(rng) + slope * static_cast<float>(j);
+            break;
+          case Dist::kConst:
+            x = 0.75f;
+            break;
+          case Dist::kNonFinite:
+            x = nd(rng);
+            break;
           case Dist::kSignedZero: {
             const float v[3] = {-0.0f, 0.0f, 1.0f};
             x = v[pick3(rng)];
@@ -330,9 +348,10 @@ TEST(SelectGpu, SeedShapeTiming) {
   std::mt19937_64 rng(7);
   std::vector<float> u = make_scores(c.B, c.Sk, c.H, 0, c.dist, rng);
   Result r = run_kernel(c, u, 20);
-  std::printf("[ SelectGpu ] seed shape B=16 Hkv=96 S=4096 k=256 window=256 tile_q=128 union: "
-              "%.1f us (median of 20)\n",
-              r.ms * 1e3);
+  std::printf(
+      "[ SelectGpu ] seed shape B=16 Hkv=96 S=4096 k=256 window=256 tile_q=128 union: "
+      "%.1f us (median of 20)\n",
+      r.ms * 1e3);
   c.with_union = false;
   Result r2 = run_kernel(c, u, 20);
   std::printf("[ SelectGpu ] same without the union: %.1f us\n", r2.ms * 1e3);

@@ -5,22 +5,37 @@
 // One CTA per (batch, kv head):
 //   1. load the head's scores (strided), find the first non-finite index and max |u|, and sort
 //      the keys by (u, j) descending with cub::BlockRadixSort (stable; keys fed in decreasing j
-//      so equal scores come out with the larger index first);
-//   2. build the per-chunk prefix table (integer atomics: exact, so deterministic);
-//   3. warp 0: lane c computes the from-scratch state at the top of chunk c (binary searches
-//      over the table), meanwhile the other warps write the rows that need no computation
-//      (n_p <= k, or a non-finite candidate);
-//   4. warp 0: every lane sweeps its chunk downwards (amortised O(1) per row), writing the rows
-//      and the last L at which each key is selected (D_j); the chunk starts are patched up;
+//      so equal scores come out with the larger index first); store them as 64-bit fixed point;
+//   2. cut the computed L range into C cost-balanced chunks (C = 32 per sweeping warp, up to 256
+//      for Sk <= 4096, 32 above; BSK_SELECT_CHUNKS overrides for experiments) and build the
+//      per-chunk prefix table (integer atomics: exact, so deterministic; the suffix / prefix
+//      passes are warp-parallel shuffle scans, one warp per table line);
+//   3. all threads write the rows that need no computation (n_p <= k, or a non-finite
+//      candidate); then lane g of the sweeping warps starts chunk g from scratch (theta from the
+//      table, a binary search for the smallest score >= tau);
+//   4. the sweeping warps: the lanes tick their chunks down (one bounded step per tick: a cursor
+//      move, or a row + the next root candidate), writing the rows and the last L at which each
+//      key is selected (D_j); after a block barrier the chunk starts are patched up (theta's rank
+//      at the end of chunk g - 1 passes through shared memory);
 //   5. all warps: the per-tile unions, each warp a run of consecutive tiles, each tile a
 //      filtered copy of the previous tile's union plus the keys that arrived in between.
 // Everything is in shared memory up to kMaxSmemN keys (u16 indices). Longer sequences sort with
 // cub::DeviceSegmentedRadixSort in the workspace and run the same steps on global memory, a
 // batch of heads at a time.
 //
-// Cost at the seed shape (B=16, Hkv=96, S=4096, k=256, window=256; see the report in the
-// session notes): 1536 CTAs of 256 threads, 56 KB of shared memory each (4 per SM); the L range
-// [257, 3840] is cut into 32 chunks of 112 rows.
+// Performance (H100, seed shape B=16, Hkv=96, S=4096, k=256, window=256, union on).
+// Before (one sweeping warp, 32 chunks, wdlog 5): 2.70 ms. Per CTA then (cycles, median): sort
+// 71K, table 46K, chunk starts 158K, sweep 1.02M (~378 ticks at ~2.7K cycles: latency-bound),
+// unions 43K; 3 CTAs per SM (80 registers, 69 KB shared memory).
+// Now (default 64 chunks = 2 sweeping warps, 3 CTAs per SM, so table words of 2^7 ranks):
+// 1.85 ms. Grid measured in one run (BSK_SELECT_CHUNKS / BSK_SELECT_CTAS, ms, union on):
+//   32/3 2.51 | 64/3 1.85 | 88/3 2.14 | 128/3 1.88 | 256/3 3.71 | 128/2 1.93 | 176/2 2.08 |
+//   256/2 2.51 | 128/1 3.23 | 256/1 2.68
+// More chunks shorten the sweep, but each chunk is a from-scratch start, and the per-chunk table
+// must use coarser words (2^wdlog ranks) to keep 3 CTAs per SM, which makes every table query
+// scan more ranks; at 1 CTA per SM nothing hides the sort/table/union latency. Every phase of
+// this design is latency-bound (a tick ~2.7K cycles): the 300 us target needs a different
+// algorithm, not tuning (see the notes).
 //
 // Non-finite scores: a row whose candidates include a NaN/+-inf score gets tau = NaN,
 // theta = (NaN, -1), n_active = 0 (when n_p > k; rows with n_p <= k never look at scores) and
@@ -29,6 +44,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <string>
@@ -41,30 +57,33 @@ namespace {
 
 namespace sc = bsk::select_core;
 
-constexpr int kLanes = 32;             // chunks per head: one per lane of warp 0
+constexpr int kLanes = 32;          // chunks per head on the global path (one warp sweeps)
+constexpr int kMaxLanes = 256;      // chunks per head at most on the shared-memory path
+constexpr int kDefaultChunks = 64;  // the best of the measured grid below
 
 #if defined(BSK_SELECT_PROFILE)
 // Development aid: per-CTA clock64 at phase boundaries (see the profiling driver in the notes).
 __device__ long long g_sel_prof[4096 * 8];
-#define SEL_PROF(slot)                                                   \
-  do {                                                                   \
-    if (threadIdx.x == 0 && blockIdx.x < 4096)                           \
-      g_sel_prof[blockIdx.x * 8 + (slot)] = clock64();                   \
+#define SEL_PROF(slot)                                                                          \
+  do {                                                                                          \
+    if (threadIdx.x == 0 && blockIdx.x < 4096) g_sel_prof[blockIdx.x * 8 + (slot)] = clock64(); \
   } while (0)
 #else
 #define SEL_PROF(slot) \
   do {                 \
   } while (0)
 #endif
-constexpr int kMaxSmemN = 16384;       // the largest Sk sorted in shared memory
-constexpr std::size_t kAlign = 256;    // workspace sub-buffer alignment
-constexpr int kSmemPerSm = 233472;     // H100 shared memory per SM (228 KB)
+constexpr int kMaxSmemN = 16384;          // the largest Sk sorted in shared memory
+constexpr std::size_t kAlign = 256;       // workspace sub-buffer alignment
+constexpr int kSmemPerSm = 233472;        // H100 shared memory per SM (228 KB)
 constexpr int kSmemPerBlockMax = 232448;  // opt-in maximum per block (227 KB)
 
 __host__ __device__ constexpr std::size_t align_up(std::size_t x, std::size_t a) {
   return (x + a - 1) / a * a;
 }
-__host__ __device__ constexpr int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
+__host__ __device__ constexpr int64_t min64(int64_t x, int64_t y) {
+  return x < y ? x : y;
+}
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
@@ -86,6 +105,7 @@ struct KArgs {
   int tile_q = 1, n_tiles = 0;
   int64_t union_cap = 0;
   int wdlog = 5;
+  int nchunks = kLanes;  // sweeping lanes (chunks) per head; ceil(nchunks / 32) warps sweep
   // Shared-memory layout (bytes from the start of the dynamic buffer).
   uint32_t off_idx = 0, off_pos = 0, off_region = 0, off_ubuf = 0, off_sort = 0;
   int ubuf_in_smem = 0;
@@ -174,11 +194,48 @@ __device__ __forceinline__ void write_row(const KArgs& a, int bh, int64_t i, con
   a.n_active[at] = o.n_active;
 }
 
+// Inclusive scans of the table lines: line l has `len` entries at l * lstride + i * estride,
+// scanned in order of increasing i (reverse: decreasing i). One warp per line.
+template <class CntT>
+__device__ __noinline__ void scan_lines(CntT* cnt, int64_t* sum, int nlines, int len, int lstride,
+                                        int estride, bool reverse, int warp, int nwarps, int lane) {
+  const int per = (len + 31) >> 5;
+  const int q0 = min(lane * per, len), q1 = min(q0 + per, len);
+  for (int l = warp; l < nlines; l += nwarps) {
+    auto at = [&](int q) { return l * lstride + (reverse ? len - 1 - q : q) * estride; };
+    int ac = 0;
+    int64_t as = 0;
+    for (int q = q0; q < q1; ++q) {
+      ac += static_cast<int>(cnt[at(q)]);
+      as += sum[at(q)];
+    }
+    int ic = ac;
+    int64_t is = as;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int tc = __shfl_up_sync(0xffffffffu, ic, off);
+      const int64_t ts = __shfl_up_sync(0xffffffffu, is, off);
+      if (lane >= off) {
+        ic += tc;
+        is += ts;
+      }
+    }
+    int pc = ic - ac;
+    int64_t ps = is - as;
+    for (int q = q0; q < q1; ++q) {
+      pc += static_cast<int>(cnt[at(q)]);
+      ps += sum[at(q)];
+      cnt[at(q)] = static_cast<CntT>(pc);
+      sum[at(q)] = ps;
+    }
+  }
+}
+
 // Steps 2-5 for one head, given its sorted keys. tcnt/tsum (the table), d (D_j) and ubuf (union
 // buffers, nullable) may alias each other: they are used in separate phases.
 template <class IdxT, class CntT>
-__device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, int fnf,
-                            CntT* tcnt, int64_t* tsum, IdxT* d, int32_t* ubuf, int64_t* bound) {
+__device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, int fnf, CntT* tcnt,
+                            int64_t* tsum, IdxT* d, int32_t* ubuf, int64_t* bound, int* th_end_s) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const int n = a.n;
   const int64_t k = a.k;
@@ -186,7 +243,8 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   const sc::Fixed& fx = keys.fx;
   const int wdlog = a.wdlog;
   const int tw = ((n + (1 << wdlog) - 1) >> wdlog) - 1;  // table entries per chunk
-  const int nc = sc::chunks_used(plan, kLanes);
+  const int nc = sc::chunks_used(plan, a.nchunks);
+  const int swarps = (a.nchunks + 31) >> 5;  // warps that sweep
   const bool want_union = a.union_idx != nullptr;
 
   SEL_PROF(1);
@@ -200,7 +258,7 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     tsum[e] = 0;
   }
   __syncthreads();
-  if (tid == 0) sc::chunk_bounds_fix(plan, nc, kLanes, bound);
+  if (tid == 0) sc::chunk_bounds_fix(plan, nc, a.nchunks, bound);
   __syncthreads();
   if (nc > 0 && tw > 0) {
     for (int r = tid; r < n; r += blockDim.x) {
@@ -214,52 +272,35 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
                 static_cast<unsigned long long>(keys.v(r)));
     }
     __syncthreads();
-    for (int wr = tid; wr < tw; wr += blockDim.x) {
-      CntT ac = 0;
-      int64_t as = 0;
-      for (int c = nc - 1; c >= 0; --c) {
-        ac += tcnt[c * tw + wr];
-        as += tsum[c * tw + wr];
-        tcnt[c * tw + wr] = ac;
-        tsum[c * tw + wr] = as;
-      }
-    }
+    // Suffix over chunks (per word column), then prefix over words (per chunk): each line is
+    // scanned by one warp (lane-serial runs + a shuffle scan), so long lines cost no serial chain.
+    scan_lines(tcnt, tsum, tw, nc, 1, tw, true, warp, nwarps, lane);
     __syncthreads();
-    for (int c = tid; c < nc; c += blockDim.x) {
-      CntT ac = 0;
-      int64_t as = 0;
-      for (int wr = 0; wr < tw; ++wr) {
-        ac += tcnt[c * tw + wr];
-        as += tsum[c * tw + wr];
-        tcnt[c * tw + wr] = ac;
-        tsum[c * tw + wr] = as;
-      }
-    }
+    scan_lines(tcnt, tsum, nc, tw, tw, 1, false, warp, nwarps, lane);
     __syncthreads();
   }
 
   SEL_PROF(2);
-  // --- 3. Chunk starts (warp 0, one lane per chunk) and the rows that need no computation.
+  // --- 3. Rows that need no computation (all threads), then the chunk starts (lane g of the
+  //        sweeping warps starts chunk g).
+  for (int64_t i = tid; i < a.sq; i += blockDim.x) {
+    const int kind = sc::row_kind(plan, plan.row_L(i));
+    if (kind == 0) write_row(a, bh, i, sc::trivial_row());
+    if (kind == 1) write_row(a, bh, i, sc::nan_row());
+  }
   sc::Lane ln;  // done unless started
   int th_start = -1;
-  const bool active = warp == 0 && lane < nc;
-  if (warp == 0) {
-    if (active) {
-      sc::TableRow<CntT> row;
-      row.cnt = tcnt + lane * tw;
-      row.sum = tsum + lane * tw;
-      row.wdlog = wdlog;
-      row.nw = tw + 1;
-      sc::init_lane(keys, row, static_cast<int>(bound[lane]),
-                    static_cast<int>(bound[lane + 1]) + 1, k, fx.one, ln);
-      th_start = ln.st.th.p;
-    }
-  } else {
-    for (int64_t i = tid - 32; i < a.sq; i += blockDim.x - 32) {
-      const int kind = sc::row_kind(plan, plan.row_L(i));
-      if (kind == 0) write_row(a, bh, i, sc::trivial_row());
-      if (kind == 1) write_row(a, bh, i, sc::nan_row());
-    }
+  const int g = tid;  // chunk index of this lane
+  const bool active = warp < swarps && g < nc;
+  if (active) {
+    sc::TableRow<CntT> row;
+    row.cnt = tcnt + g * tw;
+    row.sum = tsum + g * tw;
+    row.wdlog = wdlog;
+    row.nw = tw + 1;
+    sc::init_lane(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1, k,
+                  fx.one, ln);
+    th_start = ln.st.th.p;
   }
   __syncthreads();  // the table is dead from here on (d and ubuf may alias it)
   SEL_PROF(3);
@@ -269,31 +310,36 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     __syncthreads();
   }
 
-  // --- 4. Sweeps: the lanes tick until every chunk is done (one bounded step per tick, so the
-  //        lanes of the warp stay together).
-  if (warp == 0) {
+  // --- 4. Sweeps: the lanes tick until every chunk of their warp is done (one bounded step per
+  //        tick, so the lanes of a warp stay together).
+  if (warp < swarps) {
     auto emit = [&](int L, const sc::RowOut& o) { write_row(a, bh, L - plan.lbase, o); };
     auto on_select = [&](int r, int L) {
       if (want_union) d[keys.idx(r)] = static_cast<IdxT>(L);
     };
+#if defined(BSK_SELECT_PROFILE)
     int iters = 0;
+#endif
     while (__any_sync(0xffffffffu, !ln.done)) {
       if (!ln.done) sc::tick(keys, ln, k, fx, emit, on_select);
+#if defined(BSK_SELECT_PROFILE)
       ++iters;
+#endif
     }
 #if defined(BSK_SELECT_PROFILE)
-    if (lane == 0 && blockIdx.x < 4096) g_sel_prof[blockIdx.x * 8 + 6] = iters;
+    if (lane == 0 && warp == 0 && blockIdx.x < 4096) g_sel_prof[blockIdx.x * 8 + 6] = iters;
 #endif
-    (void)iters;
-    if (want_union && k > 0 && nc > 0) {
-      // Keys that enter the selection exactly at a chunk start: theta moved from the end of
-      // chunk c - 1 (L = bound[c] + 1) to the start of chunk c.
-      const int th_end = ln.st.th.p;
-      const int prev_end = __shfl_up_sync(0xffffffffu, th_end, 1);
-      if (active && lane > 0)
-        sc::mark_selected(keys, static_cast<int>(bound[lane]), prev_end + 1, th_start,
-                          [&](int j, int l) { d[j] = static_cast<IdxT>(l); });
-      // Chunk 0 starts at the top computed row: everything selected there.
+    if (want_union && active) th_end_s[g] = ln.st.th.p;
+  }
+  __syncthreads();
+  if (want_union && k > 0 && nc > 0) {
+    // Keys that enter the selection exactly at a chunk start: theta moved from the end of
+    // chunk g - 1 (L = bound[g] + 1) to the start of chunk g.
+    if (active && g > 0)
+      sc::mark_selected(keys, static_cast<int>(bound[g]), th_end_s[g - 1] + 1, th_start,
+                        [&](int j, int l) { d[j] = static_cast<IdxT>(l); });
+    // Chunk 0 starts at the top computed row: everything selected there.
+    if (warp == 0) {
       const int th0 = __shfl_sync(0xffffffffu, th_start, 0);
       const int hi0 = static_cast<int>(bound[0]);
       for (int r = lane; r <= th0; r += 32) {
@@ -316,8 +362,7 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   int64_t prev_lb = 0;
   for (int t = t0; t < t1; ++t) {
     const int64_t la = plan.row_L(static_cast<int64_t>(t) * a.tile_q);
-    const int64_t lb =
-        plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
+    const int64_t lb = plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
     int32_t* out = a.union_idx + (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
     int newcnt = 0;
     auto emit = [&](bool pred, int j) {
@@ -362,7 +407,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int s_fnf;
   __shared__ unsigned s_maxabs;
-  __shared__ int64_t s_bound[kLanes + 1];
+  // Up to kMaxLanes chunks for the 4096-key instantiations, kLanes for the larger ones (whose
+  // dynamic shared memory leaves no room).
+  constexpr int kCap = (kThreads == 256 && kItems <= 16) ? kMaxLanes : kLanes;
+  __shared__ int64_t s_bound[kCap + 1];
+  __shared__ int s_thend[kCap];
   float* val = reinterpret_cast<float*>(smem);  // raw scores until the sort, then fixed values
   int64_t* val64 = reinterpret_cast<int64_t*>(smem);
   uint16_t* ix = reinterpret_cast<uint16_t*>(smem + a.off_idx);
@@ -425,10 +474,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const
   const int tw = ((n + (1 << a.wdlog) - 1) >> a.wdlog) - 1;
   uint16_t* tcnt = reinterpret_cast<uint16_t*>(region);
   int64_t* tsum =
-      reinterpret_cast<int64_t*>(region + align_up(sizeof(uint16_t) * kLanes * tw, 16));
+      reinterpret_cast<int64_t*>(region + align_up(sizeof(uint16_t) * a.nchunks * tw, 16));
   uint16_t* d = reinterpret_cast<uint16_t*>(region);
   int32_t* ubuf = a.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + a.off_ubuf) : nullptr;
-  select_head(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound);
+  select_head(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound, s_thend);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,6 +504,7 @@ __global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
   __shared__ int s_fnf;
   __shared__ unsigned s_maxabs;
   __shared__ int64_t s_bound[kLanes + 1];
+  __shared__ int s_thend[kLanes];
   const int tid = threadIdx.x;
   const int g = blockIdx.x;
   const int bh = a.bh0 + g;
@@ -486,11 +536,12 @@ __global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
   atomicMin(&s_fnf, fnf);
   atomicMax(&s_maxabs, maxabs);
   __syncthreads();
-  DevKeys<int32_t> keys{n,  nullptr, reinterpret_cast<const float*>(kbits), ix, ps,
-                        sc::make_fixed(s_maxabs, n), u, a.s_s};
+  DevKeys<int32_t> keys{n,  nullptr, reinterpret_cast<const float*>(kbits),
+                        ix, ps,      sc::make_fixed(s_maxabs, n),
+                        u,  a.s_s};
   select_head(a, bh, keys, s_fnf, reinterpret_cast<int32_t*>(scratch + a.g_off_tcnt),
               reinterpret_cast<int64_t*>(scratch + a.g_off_tsum),
-              reinterpret_cast<int32_t*>(scratch + a.g_off_d), nullptr, s_bound);
+              reinterpret_cast<int32_t*>(scratch + a.g_off_d), nullptr, s_bound, s_thend);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,6 +550,7 @@ __global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
 struct SmemPlan {
   int threads = 0, items = 0;
   int wdlog = 5;
+  int nchunks = kLanes;
   uint32_t off_idx = 0, off_pos = 0, off_region = 0, off_ubuf = 0, off_sort = 0;
   std::size_t bytes = 0;
   bool ubuf_in_smem = false;
@@ -506,11 +558,22 @@ struct SmemPlan {
 
 std::size_t sort_temp_bytes(int threads, int items);
 
-int table_words(int n, int wdlog) { return ((n + (1 << wdlog) - 1) >> wdlog) - 1; }
+int table_words(int n, int wdlog) {
+  return ((n + (1 << wdlog) - 1) >> wdlog) - 1;
+}
 
-std::size_t table_bytes(int n, int wdlog, std::size_t cnt_size) {
+std::size_t table_bytes(int n, int wdlog, std::size_t cnt_size, int chunks) {
   const std::size_t tw = static_cast<std::size_t>(std::max(table_words(n, wdlog), 0));
-  return align_up(cnt_size * kLanes * tw, 16) + sizeof(int64_t) * kLanes * tw;
+  const std::size_t c = static_cast<std::size_t>(chunks);
+  return align_up(cnt_size * c * tw, 16) + sizeof(int64_t) * c * tw;
+}
+
+// Development knobs (read once): BSK_SELECT_CHUNKS (sweeping lanes per head, up to 256, for
+// Sk <= 4096), BSK_SELECT_CTAS (the CTAs per SM the shared memory plan targets: 1..3) and
+// BSK_SELECT_WDLOG (the smallest table word to try).
+int env_int(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != 0 ? std::atoi(v) : dflt;
 }
 
 // Chooses the instantiation, the table word size and the layout, or returns false when the
@@ -530,11 +593,12 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
     sp.threads = 512, sp.items = 32;
   }
   // Occupancy target (registers allow 3 CTAs of 256 threads): 3 per SM up to 4096 keys, then 2, 1.
-  const int ctas = n <= 4096 ? 3 : (n <= 8192 ? 2 : 1);
+  static const int env_ctas = env_int("BSK_SELECT_CTAS", 3);
+  const int ctas = std::max(1, std::min(env_ctas, n <= 4096 ? 3 : (n <= 8192 ? 2 : 1)));
   const std::size_t budget =
       std::min<std::size_t>(kSmemPerSm / ctas - 1024 - 64, kSmemPerBlockMax - 64);
   const std::size_t np = align_up(static_cast<std::size_t>(n), 32);  // whole alive-mask words
-  sp.off_idx = static_cast<uint32_t>(np * 8);  // int64 fixed values first
+  sp.off_idx = static_cast<uint32_t>(np * 8);                        // int64 fixed values first
   sp.off_pos = static_cast<uint32_t>(np * 10);
   sp.off_region = static_cast<uint32_t>(np * 12);
   // The sort's temporary storage goes behind the raw scores (which sit in registers during the
@@ -543,12 +607,15 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   const bool sort_low = align_up(np * 4, 128) + sort_b <= sp.off_region;
   sp.off_sort = sort_low ? static_cast<uint32_t>(align_up(np * 4, 128)) : sp.off_region;
   const std::size_t d_b = align_up(np * 2, 16);
+  static const int env_chunks = env_int("BSK_SELECT_CHUNKS", kDefaultChunks);
+  static const int env_wdlog = env_int("BSK_SELECT_WDLOG", 5);
+  sp.nchunks = n <= 4096 ? std::min(std::max(env_chunks, 1), kMaxLanes) : kLanes;
   auto bytes_for = [&](int wdlog) {
     return sp.off_region + std::max({sort_low ? std::size_t{0} : sort_b,
-                                     table_bytes(static_cast<int>(n), wdlog, 2), d_b});
+                                     table_bytes(static_cast<int>(n), wdlog, 2, sp.nchunks), d_b});
   };
   // The smallest table word (fastest queries) that meets the occupancy target.
-  sp.wdlog = 5;
+  sp.wdlog = std::min(std::max(env_wdlog, 5), 14);
   while (sp.wdlog < 14 && bytes_for(sp.wdlog) > budget) ++sp.wdlog;
   sp.bytes = bytes_for(sp.wdlog);
   if (sp.bytes > kSmemPerBlockMax - 64) return false;
@@ -652,7 +719,8 @@ GlobalPlan plan_global(const SelectParams& p) {
   // Per head: pos[n], d[n], table (int32 counts, int64 sums).
   gp.d_off = align_up(static_cast<std::size_t>(n) * 4, kAlign);
   gp.tcnt_off = gp.d_off + align_up(static_cast<std::size_t>(n) * 4, kAlign);
-  const std::size_t tw = static_cast<std::size_t>(std::max(table_words(static_cast<int>(n), gp.wdlog), 0));
+  const std::size_t tw =
+      static_cast<std::size_t>(std::max(table_words(static_cast<int>(n), gp.wdlog), 0));
   gp.tsum_off = gp.tcnt_off + align_up(4 * kLanes * tw, kAlign);
   gp.scratch_stride = gp.tsum_off + align_up(8 * kLanes * tw + 8, kAlign);
   gp.off_scratch = take(gp.scratch_stride * static_cast<std::size_t>(gp.batch));
@@ -679,6 +747,7 @@ void sparsek_select(const SelectParams& p) {
   SmemPlan sp;
   if (plan_smem(p, sp)) {
     a.wdlog = sp.wdlog;
+    a.nchunks = sp.nchunks;
     a.off_idx = sp.off_idx;
     a.off_pos = sp.off_pos;
     a.off_region = sp.off_region;

@@ -12,19 +12,22 @@
 // Approach.
 //  * Sort all n keys once by (u, j) descending ("rank" order). The candidate set of L is the set of
 //    "alive" keys idx < L, so one sorted order serves every L.
-//  * Sweep L downwards. Removing the newest key can only lower tau, so every boundary used below
-//    only moves towards larger ranks: a sweep from L_hi down to L_lo costs O(L_hi - L_lo + n).
+//  * Sweep L downwards. Removing the newest key can only lower tau, so every boundary below only
+//    moves towards larger ranks: a sweep from L_hi down to L_lo is amortised O(1) per row.
 //      p1: alive keys at ranks < p1 are saturated (u >= T + 1), at ranks >= p1 u < T + 1.
 //      p2: alive keys at ranks < p2 have u > T, at ranks >= p2 u <= T.
 //      p3: alive keys at ranks < p3 have u >= T, at ranks >= p3 u < T.
 //      th: the rank of theta (the k-th alive key).
 //    with the alive counts ns (sat), na (strictly active), ne (u == T exactly) and the sum sa of
 //    the active keys. n_active = na; keys exactly at T (possible with ties) are kept apart in
-//    [p2, p3) because they are not active at T but become active as soon as T moves down.
-//  * The sweep is chunked: the L range is cut into C chunks (one per warp lane on the GPU); each
-//    chunk starts from a state computed from scratch (init_state) by binary searches over prefix
-//    statistics Q(R) = (#alive keys at ranks < R, their sum), which the kernel serves from a small
-//    per-chunk table (table_q) plus a scan of at most half a table word.
+//    [p2, p3) because they are not active at T but become active as soon as T moves down. The
+//    cursors visit alive keys only (32-rank alive masks), and equal scores move as one group.
+//  * The sweep is a flat state machine (tick): one bounded piece of work per call, so the 32
+//    lanes of a warp, each sweeping its own chunk of rows, stay in step.
+//  * Each chunk starts from scratch (init_lane): theta and prefix statistics Q(R) = (#alive keys
+//    at ranks < R, their sum) come from a small per-chunk table (table_q, table_select); a binary
+//    search over ranks finds the smallest score T0 >= tau, the partition at T0 is set up
+//    exactly, and the ticks walk the last breakpoints down to tau.
 //  * Exact arithmetic. Scores are converted to 64-bit fixed point (Fixed: u * 2^s truncated, s
 //    chosen per head from max|u| and n so that every product and sum below fits in int64), so
 //    sums are exact and independent of the order keys enter or leave, comparisons against
@@ -75,7 +78,9 @@ BSK_SEL_HD float bits_float(uint32_t b) {
 #endif
 }
 
-BSK_SEL_HD bool finite_bits(uint32_t b) { return ((b >> 23) & 0xffu) != 0xffu; }
+BSK_SEL_HD bool finite_bits(uint32_t b) {
+  return ((b >> 23) & 0xffu) != 0xffu;
+}
 
 // Order-preserving unsigned key of a score. -0 is canonicalised to +0 (equal values must tie so
 // that the index breaks the tie, as the reference does); non-finite scores map to the key of +0
@@ -174,11 +179,11 @@ constexpr int kMaxChunks = 32;
 
 struct RowPlan {
   int64_t n = 0, sq = 0, k = 0, window = 0;
-  int64_t lbase = 0;               // L(i) = max(0, lbase + i)
+  int64_t lbase = 0;  // L(i) = max(0, lbase + i)
   int64_t lrow_min = 0, lrow_max = 0;
-  int64_t fnf = 0;                 // first non-finite score index (n if none)
-  int64_t llo = 1, lhi = 0;        // computed rows: L in [llo, lhi] (empty when llo > lhi)
-  int64_t ltriv = 0;               // the largest L <= k among the rows (0 if none)
+  int64_t fnf = 0;           // first non-finite score index (n if none)
+  int64_t llo = 1, lhi = 0;  // computed rows: L in [llo, lhi] (empty when llo > lhi)
+  int64_t ltriv = 0;         // the largest L <= k among the rows (0 if none)
 
   BSK_SEL_HD int64_t row_L(int64_t i) const {
     const int64_t l = lbase + i;
@@ -358,9 +363,21 @@ BSK_SEL_HD void range_stats(const K& keys, int L, int a, int b, int& cnt, int64_
     if (lo > 0) m &= ~0u << lo;
     if (hi < 32) m &= (1u << hi) - 1u;
     cnt += popc32(m);
-    while (m) {
-      sum += keys.v((w << 5) + ctz32(m));
-      m &= m - 1;
+    const int base = w << 5;
+    if (base + 32 <= keys.n) {
+      // Whole word in range: independent masked loads (no serial bit loop on the device).
+      int64_t s = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+      for (int i = 0; i < 32; ++i)
+        if ((m >> i) & 1u) s += keys.v(base + i);
+      sum += s;
+    } else {
+      while (m) {
+        sum += keys.v(base + ctz32(m));
+        m &= m - 1;
+      }
     }
   }
 }
@@ -469,9 +486,9 @@ struct SweepState {
 // the 32 lanes of a warp never wait for each other inside nested data-dependent loops.
 struct Lane {
   SweepState st;
-  int lo = 0;         // the last L of the chunk
-  bool acc = false;   // T is an accepted root candidate: tau once nothing is pending
-  bool mth = false;   // theta must move on (a key above it left)
+  int lo = 0;        // the last L of the chunk
+  bool acc = false;  // T is an accepted root candidate: tau once nothing is pending
+  bool mth = false;  // theta must move on (a key above it left)
   bool m1 = false, m2 = false, m3 = false;  // p1/p2/p3 sits on the key that left
   bool done = true;
 };
