@@ -72,9 +72,10 @@ struct DenseMaskHook {
 template <int kBlockN, class SharedStorage>
 struct SparseKMaskHook {
   static constexpr bool kHasGate = true;
-  int64_t window = 0;
-  int64_t pos[2] = {0, 0};
-  int64_t cand_end[2] = {0, 0};  // last candidate index c_p (keys older than the window)
+  // 32-bit positions: the API guarantees Sk < 2^31, and 64-bit compares double the mask's cost.
+  int32_t window = 0;
+  int32_t pos[2] = {0, 0};
+  int32_t cand_end[2] = {0, 0};  // last candidate index c_p (keys older than the window)
   float tau[2], theta_val[2];
   int32_t theta_idx[2];
   bool all_sel[2];
@@ -84,13 +85,13 @@ struct SparseKMaskHook {
                              int kBlockM, int batch, int head_kv, const SharedStorage* sm)
       : smem(sm) {
     const auto& a = p.attn;
-    window = p.window;
+    window = int32_t(p.window < a.seqlen_k ? p.window : a.seqlen_k + 1);
     int64_t offset = a.seqlen_k - a.seqlen_q;
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       int64_t i = int64_t(m_block) * kBlockM + row_in_cta0 + 8 * b;
       int64_t ic = i < a.seqlen_q ? i : a.seqlen_q - 1;
-      pos[b] = offset + i;
+      pos[b] = int32_t(offset + i);
       cand_end[b] = window > 0 ? pos[b] - window : pos[b];
       int64_t q = (int64_t(batch) * a.num_heads_kv + head_kv) * a.seqlen_q + ic;
       tau[b] = p.tau[q];
@@ -120,7 +121,7 @@ struct SparseKMaskHook {
           for (int b = 0; b < 2; ++b)
             if (!(c < t.count && selected(b, j, u))) s(a + 2 * b + 4 * v) = -INFINITY;
         } else {
-          int64_t j = t.start + c;
+          int32_t j = int32_t(t.start) + c;
 #pragma unroll
           for (int b = 0; b < 2; ++b) {
             bool ok = c < t.count && j <= pos[b] && j > pos[b] - window;
