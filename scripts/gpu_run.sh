@@ -74,7 +74,7 @@ fi
 
 if has bench; then
   t0=$(date +%s)
-  if BSK_COMMIT=${BSK_COMMIT:-} $PY bench/run_bench.py --out-dir "$OUT/bench" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1; then
+  if BSK_GIT_COMMIT=${BSK_COMMIT:-} $PY bench/run_bench.py --out-dir "$OUT/bench" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1; then
     log "bench ok ($(( $(date +%s) - t0 )) s)"
   else
     status=1; log "BENCH FAILED ($(( $(date +%s) - t0 )) s)"; tail -n 40 "$OUT/bench.log"
