@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build everything with all cores, run the GPU tests (GoogleTest +
 # pytest), compute-sanitizer on small cases, and the benchmark; logs and results go to OUTDIR.
-#   scripts/gpu_run.sh OUTDIR [steps]     steps: comma list of build,gtest,pytest,sanitize,bench
-#                                         (default: all). BENCH_ARGS passes flags to the bench.
+#   scripts/gpu_run.sh OUTDIR [steps]     steps: comma list of build,gtest,pytestk,sanitize,
+#                                         bench,profile,pytest (default: all, in that order).
+#   pytestk: the kernel tests (tests/python/test_kernels_gpu.py) alone; pytest: every pytest
+#   file (after pytestk: the others). profile: Nsight Compute sections (speed of light, warp
+#   stall reasons, scheduler, occupancy, memory, source counters) of the attention and selection
+#   kernels at the seed shape, as text. BENCH_ARGS passes flags to the bench. STEP_TIMEOUT
+#   (seconds, default 600) bounds each step.
 # Headers that the machine may lack are taken from .deps/ when present (.deps/cutlass holds
 # cute/ and cutlass/, .deps/googletest the GoogleTest sources).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/gpu_run.sh OUTDIR [steps]}
-STEPS=${2:-build,gtest,pytest,sanitize,bench}
+STEPS=${2:-build,gtest,pytestk,sanitize,bench,profile,pytest}
+T=${STEP_TIMEOUT:-600}
 mkdir -p "$OUT"
 BUILD=${BUILD_DIR:-build-gpu}
 PY=${PYTHON:-python3}
@@ -44,7 +50,7 @@ fi
 
 if has gtest; then
   t0=$(date +%s)
-  if "$BUILD/bsk_tests" --gtest_brief=1 --gtest_output=xml:"$OUT/gtest.xml" > "$OUT/gtest.log" 2>&1; then
+  if timeout $T "$BUILD/bsk_tests" --gtest_brief=1 --gtest_output=xml:"$OUT/gtest.xml" > "$OUT/gtest.log" 2>&1; then
     log "gtest ok ($(( $(date +%s) - t0 )) s): $(grep -E '^\[  PASSED' "$OUT/gtest.log" | tail -n1)"
   else
     status=1; log "GTEST FAILED: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gtest.log" | tr '\n' ' ')"
@@ -52,18 +58,24 @@ if has gtest; then
   fi
 fi
 
-if has pytest; then
+run_pytest() {  # name, pytest arguments...
+  local name=$1; shift
   t0=$(date +%s)
-  if $PY -m pytest -q tests/python --junitxml="$OUT/pytest.xml" -p no:cacheprovider > "$OUT/pytest.log" 2>&1; then
-    log "pytest ok ($(( $(date +%s) - t0 )) s): $(tail -n1 "$OUT/pytest.log")"
+  if timeout $T $PY -m pytest -q "$@" --junitxml="$OUT/$name.xml" -p no:cacheprovider \
+      > "$OUT/$name.log" 2>&1; then
+    log "$name ok ($(( $(date +%s) - t0 )) s): $(tail -n1 "$OUT/$name.log")"
   else
-    status=1; log "PYTEST FAILED: $(tail -n1 "$OUT/pytest.log")"; tail -n 60 "$OUT/pytest.log"
+    status=1; log "${name^^} FAILED ($(( $(date +%s) - t0 )) s): $(tail -n1 "$OUT/$name.log")"
+    tail -n 60 "$OUT/$name.log"
   fi
+}
+if has pytestk; then
+  run_pytest pytest_kernels tests/python/test_kernels_gpu.py
 fi
 
 if has sanitize; then
   for tool in memcheck racecheck; do
-    if compute-sanitizer --tool $tool --error-exitcode 9 $PY tests/python/sanitize_small.py \
+    if timeout $T compute-sanitizer --tool $tool --error-exitcode 9 $PY tests/python/sanitize_small.py \
         > "$OUT/sanitizer_$tool.log" 2>&1; then
       log "compute-sanitizer $tool clean: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -n1)"
     else
@@ -74,10 +86,41 @@ fi
 
 if has bench; then
   t0=$(date +%s)
-  if BSK_GIT_COMMIT=${BSK_COMMIT:-} $PY bench/run_bench.py --out-dir "$OUT/bench" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1; then
+  if BSK_GIT_COMMIT=${BSK_COMMIT:-} timeout $T $PY bench/run_bench.py --out-dir "$OUT/bench" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1; then
     log "bench ok ($(( $(date +%s) - t0 )) s)"
   else
     status=1; log "BENCH FAILED ($(( $(date +%s) - t0 )) s)"; tail -n 40 "$OUT/bench.log"
+  fi
+fi
+if has profile; then
+  t0=$(date +%s)
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  if timeout $T "$NCU" --clock-control none --target-processes all --kernel-name-base demangled \
+      -k "regex:attention_fwd_sm90|select_smem_kernel" --launch-count 4 \
+      --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+      --section Occupancy --section MemoryWorkloadAnalysis --section SourceCounters \
+      $PY bench/profile.py --driver --shape seed > "$OUT/ncu_sections.txt" 2>&1; then
+    log "ncu sections ok ($(( $(date +%s) - t0 )) s)"
+  else
+    status=1; log "NCU SECTIONS FAILED ($(( $(date +%s) - t0 )) s)"; tail -n 20 "$OUT/ncu_sections.txt"
+  fi
+  # Per-kernel summary (make bench-profile's report) at the tier-origin shape, where the
+  # selection's share is largest.
+  t0=$(date +%s)
+  if BSK_GIT_COMMIT=${BSK_COMMIT:-} timeout $T $PY bench/profile.py --shape tier \
+      --out-dir "$OUT/profile" > "$OUT/profile_tier.log" 2>&1; then
+    log "bench-profile (tier shape) ok ($(( $(date +%s) - t0 )) s)"
+  else
+    status=1; log "BENCH-PROFILE (tier shape) FAILED"; tail -n 20 "$OUT/profile_tier.log"
+  fi
+fi
+
+if has pytest; then
+  if has pytestk; then
+    run_pytest pytest_rest tests/python \
+      --ignore tests/python/test_kernels_gpu.py
+  else
+    run_pytest pytest tests/python
   fi
 fi
 exit $status

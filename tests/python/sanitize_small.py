@@ -15,5 +15,11 @@ for dtype, D in [(torch.float16, 128), (torch.bfloat16, 64)]:
     q = torch.randn(1, 333, 2, D, device="cuda", dtype=dtype)
     u = torch.randn(1, 333, 1, device="cuda")
     _C.sparsek_attention_fwd(q, k, v, u, torch.empty_like(q), None, 64, 32, None, s)
+    # Union of 600+ keys: more gathered tiles than metadata slots, so every ring wraps.
+    q = torch.randn(1, 700, 1, D, device="cuda", dtype=dtype)
+    k = torch.randn(1, 700, 1, D, device="cuda", dtype=dtype)
+    v = torch.randn_like(k)
+    u = torch.randn(1, 700, 1, device="cuda")
+    _C.sparsek_attention_fwd(q, k, v, u, torch.empty_like(q), None, 600, 16, None, s)
 torch.cuda.synchronize()
 print("sanitize_small: done")
