@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 
   if (wg == 0) {
     // ---------------- producer warpgroup ----------------
-    cutlass::arch::warpgroup_reg_dealloc<64>();
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     using Producer = CpAsyncProducer<Traits>;
     const Element* qb = static_cast<const Element*>(a.q) + b * a.q_stride[0] + h * a.q_stride[2];
     const Element* kb = static_cast<const Element*>(a.k) + b * a.k_stride[0] + hkv * a.k_stride[2];
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     asm volatile("cp.async.wait_all;\n" ::: "memory");
   } else {
     // ---------------- consumer warpgroups ----------------
-    cutlass::arch::warpgroup_reg_alloc<224>();
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int cw = wg - 1;
     const int ctid = tid % 128;
     const int warp = ctid / 32, lane = tid % 32;

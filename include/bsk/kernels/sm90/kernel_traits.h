@@ -27,6 +27,14 @@ struct AttnTraits {
   static constexpr int kStages = kStages_;
   static constexpr int kConsumerWGs = kBlockM / kWgRows;
   static constexpr int kThreads = 128 * (1 + kConsumerWGs);
+  // setmaxnreg only moves registers between the warpgroups of a CTA: the CTA starts with
+  // kEntryRegs per thread (__launch_bounds__(kThreads, 1)), and what the consumers gain the
+  // producer must give up, or the consumers' setmaxnreg.inc waits forever.
+  static constexpr int kEntryRegs = (65536 / kThreads) / 8 * 8;  // 168 at 384 threads
+  static constexpr int kProducerRegs = 56;
+  static constexpr int kConsumerRegs = 224;
+  static_assert(kProducerRegs + kConsumerWGs * kConsumerRegs <= (1 + kConsumerWGs) * kEntryRegs,
+                "register split exceeds the CTA's registers");
   static constexpr int kChunksPerRow = kHeadDim * int(sizeof(Element)) / 16;  // 16-byte chunks
   static constexpr int kMetaSlots = 2 * kStages;
 
