@@ -7,7 +7,8 @@
 #   file (after pytestk: the others). profile: Nsight Compute sections (speed of light, warp
 #   stall reasons, scheduler, occupancy, memory, source counters) of the attention and selection
 #   kernels at the seed shape, as text. BENCH_ARGS passes flags to the bench. STEP_TIMEOUT
-#   (seconds, default 600) bounds each step.
+#   (seconds, default 600) bounds each step. GPU_RUN_PACK=FILE.tgz packs OUTDIR into FILE after
+#   every step, so a call that is cut short still hands back everything that ran.
 # Headers that the machine may lack are taken from .deps/ when present (.deps/cutlass holds
 # cute/ and cutlass/, .deps/googletest the GoogleTest sources).
 set -uo pipefail
@@ -21,7 +22,12 @@ PY=${PYTHON:-python3}
 JOBS=$(nproc)
 export PYTHONPATH="$PWD/python:$PWD/bench:${PYTHONPATH:-}"
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
-log() { echo "[gpu_run $(date +%H:%M:%S)] $*" | tee -a "$OUT/summary.txt"; }
+pack() {
+  [[ -n "${GPU_RUN_PACK:-}" ]] || return 0
+  tar czf "$GPU_RUN_PACK.tmp" -C "$(dirname "$OUT")" "$(basename "$OUT")" && \
+    mv "$GPU_RUN_PACK.tmp" "$GPU_RUN_PACK"
+}
+log() { echo "[gpu_run $(date +%H:%M:%S)] $*" | tee -a "$OUT/summary.txt"; pack; }
 status=0
 
 {
@@ -33,6 +39,7 @@ status=0
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+pack
 
 if has build; then
   args=(-DCMAKE_BUILD_TYPE=Release -DBSK_PTXAS_VERBOSE=ON -DPython_EXECUTABLE="$(command -v $PY)")
