@@ -15,7 +15,7 @@ for dtype, D in [(torch.float16, 128), (torch.bfloat16, 64)]:
     q = torch.randn(1, 333, 2, D, device="cuda", dtype=dtype)
     u = torch.randn(1, 333, 1, device="cuda")
     _C.sparsek_attention_fwd(q, k, v, u, torch.empty_like(q), None, 64, 32, None, s)
-    # Union of 600+ keys: more gathered tiles than metadata slots, so every ring wraps.
+    # Union of 600+ keys: more gathered tiles than pipeline stages, so the rings wrap on them.
     q = torch.randn(1, 700, 1, D, device="cuda", dtype=dtype)
     k = torch.randn(1, 700, 1, D, device="cuda", dtype=dtype)
     v = torch.randn_like(k)

@@ -162,7 +162,8 @@ SPARSE_CASES = [
     (1, 300, 300, 2, 2, 64, 64, 1000, "randn"),     # window > S
     (2, 200, 777, 8, 2, 128, 256, 256, "randn"),    # Sq < Sk
     (1, 129, 1000, 4, 1, 128, 1, 64, "ties"),
-    # More gathered tiles per query tile than metadata slots (the ring wraps), both head dims.
+    # Unions of 600+ keys: more gathered tiles per query tile than pipeline stages (and than
+    # key-metadata slots), so every ring wraps on gathered tiles; both head dims.
     (1, 2000, 2000, 2, 1, 128, 1024, 64, "randn"),
     (1, 1500, 1500, 4, 2, 64, 700, 0, "ties"),
 ]
