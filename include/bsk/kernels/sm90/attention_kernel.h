@@ -116,23 +116,31 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     const float* ub = Mode::scores_bh(params, b, hkv);
     const int64_t u_stride = Mode::score_row_stride(params);
     for (int i = 0; i < it.num_tiles; ++i) {
-      const int s = i % kStages, round = i / kStages;
-      if (round > 0) Barrier::wait(&sm.bar_empty_k[s], (round - 1) & 1);
+      const int s = i % kStages, round = i / kStages, slot = i % Traits::kMetaSlots;
       const KvTile t = it.tile(i);
-      if (t.gathered && tid < kBlockN) {
-        bool ok = tid < t.count;
-        int32_t j = ok ? t.list[tid] : 0;
-        cp_async_4(&sm.key_idx[s][tid], ok ? t.list + tid : t.list, ok);
-        cp_async_4(&sm.key_u[s][tid], ub + j * u_stride, ok);
+      // The tile's key indices (and each gathered row's own index for its score) are loaded
+      // before the wait for a free stage, so their latency hides behind it.
+      int32_t keys[Producer::kKeysPerThread];
+      if (t.gathered) Producer::fetch_keys(t, tid, keys);
+      const bool meta = t.gathered && tid < kBlockN, meta_ok = meta && tid < t.count;
+      const int32_t jm = meta_ok ? __ldg(t.list + tid) : 0;
+      if (round > 0) Barrier::wait(&sm.bar_empty_k[s], (round - 1) & 1);
+      if (meta) {
+        cp_async_4(&sm.key_idx[slot][tid], meta_ok ? t.list + tid : t.list, meta_ok);
+        cp_async_4(&sm.key_u[slot][tid], ub + int64_t(jm) * u_stride, meta_ok);
       }
       auto k_dst = [&](int r, int c) -> Element& { return sK(r, c, s); };
       auto v_dst = [&](int r, int c) -> Element& { return sV(r, c, s); };
-      int32_t keys[Producer::kKeysPerThread];
-      Producer::fetch_keys(t, tid, keys);
-      Producer::load_keys(k_dst, tid, kb, a.k_stride[1], keys);
+      if (t.gathered)
+        Producer::load_keys(k_dst, tid, kb, a.k_stride[1], keys);
+      else
+        Producer::load_contiguous(k_dst, tid, kb, a.k_stride[1], t.start, t.count);
       cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_k[s]);
       if (round > 0) Barrier::wait(&sm.bar_empty_v[s], (round - 1) & 1);
-      Producer::load_keys(v_dst, tid, vb, a.v_stride[1], keys);
+      if (t.gathered)
+        Producer::load_keys(v_dst, tid, vb, a.v_stride[1], keys);
+      else
+        Producer::load_contiguous(v_dst, tid, vb, a.v_stride[1], t.start, t.count);
       cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_v[s]);
     }
     // Keep the producer's copies owned by a live thread until they land.
@@ -185,12 +193,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         cute::gemm(mma_pv, rP(_, _, kb), tOrV(_, _, kb, s), tOrO);
       warpgroup_commit_batch();
     };
-    // Mask, online softmax and gate of a finished S; returns the O correction per row.
-    auto softmax_tile = [&](auto& tSrS, const KvTile& t, int s, float(&corr)[2]) {
+    // Mask, online softmax and gate of a finished S (tile i, its metadata in slot i %
+    // kMetaSlots); returns the O correction per row.
+    auto softmax_tile = [&](auto& tSrS, const KvTile& t, int i, float(&corr)[2]) {
       warpgroup_fence_operand(tSrS);
-      hook.mask(tSrS, t, s, col0);
+      const int slot = i % Traits::kMetaSlots;
+      hook.mask(tSrS, t, slot, col0);
       softmax.step(tSrS, corr);
-      hook.gate(tSrS, t, s, col0);
+      hook.gate(tSrS, t, slot, col0);
     };
     auto rescale_o = [&](const float(&corr)[2]) {
       // Element a + 2 b + 4 v of the accumulator belongs to row b (see mask_hook.h).
@@ -218,12 +228,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       Barrier::wait(&sm.bar_k[0], 0);
       issue_qk(tSrS, 0);
       warpgroup_wait<0>();
-      // The K stage also carries the gathered keys' metadata, which the hook reads: SparseK
-      // releases the stage only after its mask and gate.
-      constexpr bool kEarlyRelease = !decltype(hook)::kHasGate;
-      if (kEarlyRelease) release(&sm.bar_empty_k[0]);
+      // K is consumed once S is in registers; the gathered keys' metadata the hook reads lives
+      // in its own deeper ring, so the stage is released before the softmax.
+      release(&sm.bar_empty_k[0]);
       softmax_tile(tSrS, t, 0, corr);
-      if (!kEarlyRelease) release(&sm.bar_empty_k[0]);
       to_element(rP, tSrS);
       for (int i = 1; i < n; ++i) {
         const int s = i % kStages, sp = (i - 1) % kStages;
@@ -233,9 +241,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         Barrier::wait(&sm.bar_v[sp], ((i - 1) / kStages) & 1);
         issue_pv(rP, sp);
         warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
-        if (kEarlyRelease) release(&sm.bar_empty_k[s]);
-        softmax_tile(tSrS, t, s, corr);
-        if (!kEarlyRelease) release(&sm.bar_empty_k[s]);
+        release(&sm.bar_empty_k[s]);
+        softmax_tile(tSrS, t, i, corr);
         warpgroup_wait<0>();  // P V of tile i - 1 done: O and rP may be touched again
         warpgroup_fence_operand(tOrO);
         release(&sm.bar_empty_v[sp]);

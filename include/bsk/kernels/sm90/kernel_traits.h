@@ -36,6 +36,7 @@ struct AttnTraits {
   static_assert(kProducerRegs + kConsumerWGs * kConsumerRegs <= (1 + kConsumerWGs) * kEntryRegs,
                 "register split exceeds the CTA's registers");
   static constexpr int kChunksPerRow = kHeadDim * int(sizeof(Element)) / 16;  // 16-byte chunks
+  static constexpr int kMetaSlots = 2 * kStages;
 
   using MmaQK = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float,
@@ -68,9 +69,12 @@ struct AttnTraits {
     alignas(1024) Element q[kQElems];
     alignas(1024) Element k[kKVElems];
     alignas(1024) Element v[kKVElems];
-    // Per-stage key metadata for gathered tiles: key index and its score.
-    int32_t key_idx[kStages][kBlockN];
-    float key_u[kStages][kBlockN];
+    // Key metadata of gathered tiles (key index and its score), in a ring of its own that is
+    // deeper than the K ring: the mask/gate hook still reads tile i's metadata after the K
+    // stage of tile i has been released for tile i + kStages (tile i + kStages writes slot
+    // (i + kStages) % kMetaSlots, which no consumer can still be reading).
+    int32_t key_idx[kMetaSlots][kBlockN];
+    float key_u[kMetaSlots][kBlockN];
     alignas(8) uint64_t bar_q;
     uint64_t bar_k[kStages];
     uint64_t bar_v[kStages];

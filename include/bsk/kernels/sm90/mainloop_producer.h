@@ -28,19 +28,27 @@ template <class Traits>
 struct CpAsyncProducer {
   using Element = typename Traits::Element;
   static constexpr int kChunks = Traits::kChunksPerRow;
-  static constexpr int kRowsPerPass = 128 / kChunks;
+  static constexpr int kRowsPerPass = 128 / kChunks;  // load_rows: one chunk per thread
 
-  static constexpr int kKeysPerThread = Traits::kBlockN / kRowsPerPass;
+  // K/V tiles: 8 threads per row, so one warp instruction copies four whole 128-byte lines
+  // (coalesced); a thread copies chunks c, c + 8, ... of its row. 16 rows per pass of the
+  // 128 producer threads, so each thread holds kBlockN / 16 key indices (8 at kBlockN = 128,
+  // instead of 16 with one chunk per thread: the producer runs on few registers).
+  static constexpr int kThreadsPerRow = 8;
+  static constexpr int kChunksPerThread = kChunks / kThreadsPerRow;
+  static constexpr int kKeyRowsPerPass = 128 / kThreadsPerRow;
+  static constexpr int kKeysPerThread = Traits::kBlockN / kKeyRowsPerPass;
+  static_assert(kChunks % kThreadsPerRow == 0, "a row is a whole number of 8-chunk groups");
 
-  // The key index of each row this thread copies (-1: past the tile's end). All index loads of a
-  // gathered tile are issued together, before any copy, so their latencies overlap; K and V
-  // share them.
+  // Gathered tiles: the key index of each row this thread copies (-1: past the tile's end). All
+  // index loads of a tile are issued together, before any copy (and before the producer waits
+  // for the stage to be free), so their latencies overlap; K and V share them.
   __device__ static void fetch_keys(const KvTile& t, int tid, int32_t (&keys)[kKeysPerThread]) {
-    const int r0 = tid / kChunks;
+    const int r0 = tid / kThreadsPerRow;
 #pragma unroll
     for (int it = 0; it < kKeysPerThread; ++it) {
-      const int r = r0 + it * kRowsPerPass;
-      keys[it] = r < t.count ? (t.gathered ? __ldg(t.list + r) : int32_t(t.start + r)) : -1;
+      const int r = r0 + it * kKeyRowsPerPass;
+      keys[it] = r < t.count ? __ldg(t.list + r) : -1;
     }
   }
 
@@ -48,22 +56,51 @@ struct CpAsyncProducer {
   template <class SmemTensor>
   __device__ static void load_keys(SmemTensor&& dst, int tid, const Element* base,
                                    int64_t row_stride, const int32_t (&keys)[kKeysPerThread]) {
-    const int chunk = tid % kChunks, r0 = tid / kChunks;
+    const int chunk = tid % kThreadsPerRow, r0 = tid / kThreadsPerRow;
     constexpr int kElems = 16 / int(sizeof(Element));
     // In the 128-byte-swizzled K-major layout a row's byte offset is (r % 8) * 128 + (r / 8) *
     // 1024 + (column part), and the swizzle only mixes bits 4-9 with bits 7-9 (= r % 8). Rows
-    // r and r + kRowsPerPass (a multiple of 8) are therefore exactly kRowsPerPass * 128 bytes
-    // apart: one swizzled address per thread, then plain increments (keeps the producer, which
-    // runs on few registers, free of per-row address arithmetic).
-    static_assert(kRowsPerPass % 8 == 0, "rows per pass must keep the swizzle phase");
-    Element* d0 = &dst(r0, chunk * kElems);
-    const char* src0 = reinterpret_cast<const char*>(base + chunk * kElems);
+    // r and r + kKeyRowsPerPass (a multiple of 8) are therefore exactly kKeyRowsPerPass * 128
+    // bytes apart: one swizzled address per chunk group, then plain increments (keeps the
+    // producer free of per-row address arithmetic).
+    static_assert(kKeyRowsPerPass % 8 == 0, "rows per pass must keep the swizzle phase");
     const int64_t stride_bytes = row_stride * int64_t(sizeof(Element));
 #pragma unroll
-    for (int it = 0; it < kKeysPerThread; ++it) {
-      const bool ok = keys[it] >= 0;
-      const char* src = src0 + (ok ? int64_t(keys[it]) * stride_bytes : 0);
-      cp_async_16(d0 + it * kRowsPerPass * 64, src, ok);
+    for (int q = 0; q < kChunksPerThread; ++q) {
+      const int col = (chunk + q * kThreadsPerRow) * kElems;
+      Element* d0 = &dst(r0, col);
+      const char* src0 = reinterpret_cast<const char*>(base + col);
+#pragma unroll
+      for (int it = 0; it < kKeysPerThread; ++it) {
+        const bool ok = keys[it] >= 0;
+        const char* src = src0 + (ok ? int64_t(keys[it]) * stride_bytes : 0);
+        cp_async_16(d0 + it * kKeyRowsPerPass * 64, src, ok);
+      }
+    }
+  }
+
+  // Contiguous tiles (dense, the SparseK window): rows start + r, r < count; the source
+  // pointer steps by kKeyRowsPerPass rows, so no per-row index or 64-bit product is kept.
+  template <class SmemTensor>
+  __device__ static void load_contiguous(SmemTensor&& dst, int tid, const Element* base,
+                                         int64_t row_stride, int64_t start, int count) {
+    const int chunk = tid % kThreadsPerRow, r0 = tid / kThreadsPerRow;
+    constexpr int kElems = 16 / int(sizeof(Element));
+    const char* row0 = reinterpret_cast<const char*>(base + (start + r0) * row_stride);
+    const int64_t step = int64_t(kKeyRowsPerPass) * row_stride * int64_t(sizeof(Element));
+#pragma unroll
+    for (int q = 0; q < kChunksPerThread; ++q) {
+      const int col = (chunk + q * kThreadsPerRow) * kElems;
+      Element* d0 = &dst(r0, col);
+      const char* src = row0 + col * int(sizeof(Element));
+      const char* any = reinterpret_cast<const char*>(base + col);  // row 0: always valid
+#pragma unroll
+      for (int it = 0; it < kKeysPerThread; ++it) {
+        const bool ok = r0 + it * kKeyRowsPerPass < count;
+        // Past the end: a valid address with src-size 0 (zero-fill, nothing read).
+        cp_async_16(d0 + it * kKeyRowsPerPass * 64, ok ? src : any, ok);
+        src += step;
+      }
     }
   }
 

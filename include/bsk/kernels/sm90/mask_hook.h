@@ -17,16 +17,46 @@ namespace bsk::sm90 {
 
 // Shared-memory loads the compiler may not merge across the softmax: the mask and the gate
 // passes each re-read the tile's key metadata instead of keeping 64 values live in registers.
-__device__ __forceinline__ float lds_f32(const float* p) {
-  float v;
-  asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(cute::cast_smem_ptr_to_uint(p)));
+// A thread's columns come in adjacent pairs (8 v + col0 + {0, 1}, col0 even), so one 8-byte
+// load fetches both.
+__device__ __forceinline__ float2 lds_f32x2(const float* p) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n"
+               : "=f"(v.x), "=f"(v.y)
+               : "r"(cute::cast_smem_ptr_to_uint(p)));
   return v;
 }
-__device__ __forceinline__ int32_t lds_s32(const int32_t* p) {
-  int32_t v;
-  asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(v) : "r"(cute::cast_smem_ptr_to_uint(p)));
+__device__ __forceinline__ int2 lds_s32x2(const int32_t* p) {
+  int2 v;
+  asm volatile("ld.shared.v2.s32 {%0, %1}, [%2];\n"
+               : "=r"(v.x), "=r"(v.y)
+               : "r"(cute::cast_smem_ptr_to_uint(p)));
   return v;
 }
+
+// The (value, index) order of SPEC section 1 as one unsigned 64-bit integer: the float's bits
+// mapped to an unsigned order (negative values reversed), above the index. -0 is first turned
+// into +0 (a plain IEEE add keeps subnormals), so the order is that of float comparison.
+__device__ __forceinline__ uint32_t score_order_bits(float u) {
+  float c;
+  asm("add.f32 %0, %1, 0f00000000;\n" : "=f"(c) : "f"(u));
+  const uint32_t b = __float_as_uint(c);
+  return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u);
+}
+// clip(a - b, 0, 1) in one instruction (NaN -> 0).
+__device__ __forceinline__ float sub_sat(float a, float b) {
+  float d;
+  asm("sub.sat.f32 %0, %1, %2;\n" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+}
+__device__ __forceinline__ uint64_t score_order_key(float u, int32_t j) {
+  return (uint64_t(score_order_bits(u)) << 32) | uint32_t(j);
+}
+
+// Both hooks are branch-free per element: per row and tile the admissible column range (or the
+// selection threshold) is computed once, and each element costs a compare or two and a select.
+// (Per-element early-outs made the compiler emit a divergent branch and reconvergence point for
+// every element, ~45 instructions per column of a gathered tile.)
 
 template <int kBlockN>
 struct DenseMaskHook {
@@ -43,24 +73,27 @@ struct DenseMaskHook {
     pos[1] = pos[0] + 8;
     min_pos = offset + int64_t(m_block) * kBlockM;
   }
-  __device__ void begin_row_block() {}
 
   template <class Frag>
-  __device__ void mask(Frag& s, const KvTile& t, int stage, int col0) const {
+  __device__ void mask(Frag& s, const KvTile& t, int, int col0) const {
     bool need = t.count < kBlockN || (causal && t.start + kBlockN - 1 > min_pos);
     if (!need) return;
+    int hi[2];  // last admissible column of the row, minus col0
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      int64_t h = int64_t(t.count) - 1;
+      if (causal && pos[b] - t.start < h) h = pos[b] - t.start;
+      hi[b] = int(h < -1 ? -1 : h) - col0;
+    }
 #pragma unroll
     for (int v = 0; v < kBlockN / 8; ++v)
 #pragma unroll
-      for (int a = 0; a < 2; ++a) {
-        int c = 8 * v + col0 + a;
-        int64_t j = t.start + c;
+      for (int a = 0; a < 2; ++a)
 #pragma unroll
         for (int b = 0; b < 2; ++b) {
-          bool ok = c < t.count && (!causal || j <= pos[b]);
-          if (!ok) s(a + 2 * b + 4 * v) = -INFINITY;
+          const int e = a + 2 * b + 4 * v;
+          s(e) = 8 * v + a <= hi[b] ? s(e) : -INFINITY;
         }
-      }
   }
   template <class Frag>
   __device__ void gate(Frag&, const KvTile&, int, int) const {}
@@ -75,10 +108,11 @@ struct SparseKMaskHook {
   // 32-bit positions: the API guarantees Sk < 2^31, and 64-bit compares double the mask's cost.
   int32_t window = 0;
   int32_t pos[2] = {0, 0};
-  int32_t cand_end[2] = {0, 0};  // last candidate index c_p (keys older than the window)
-  float tau[2], theta_val[2];
-  int32_t theta_idx[2];
-  bool all_sel[2];
+  int32_t cand_end[2] = {0, 0};            // last candidate index c_p (keys older than the window)
+  int32_t win_all_lo = 0, win_all_hi = 0;  // keys in the window of every row of the CTA
+  float tau[2];
+  float gate_lo[2];       // 1 where every candidate is selected with gate 1, else 0
+  uint64_t theta_key[2];  // score_order_key of theta_p; 0 where every candidate is selected
   const SharedStorage* smem;
 
   __device__ SparseKMaskHook(const kernels::SparseKFwdParams& p, int m_block, int row_in_cta0,
@@ -87,65 +121,86 @@ struct SparseKMaskHook {
     const auto& a = p.attn;
     window = int32_t(p.window < a.seqlen_k ? p.window : a.seqlen_k + 1);
     int64_t offset = a.seqlen_k - a.seqlen_q;
+    int64_t first = int64_t(m_block) * kBlockM;
+    int64_t last = first + kBlockM - 1 < a.seqlen_q - 1 ? first + kBlockM - 1 : a.seqlen_q - 1;
+    win_all_lo = int32_t(offset + last) - window + 1;
+    win_all_hi = int32_t(offset + first);
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
-      int64_t i = int64_t(m_block) * kBlockM + row_in_cta0 + 8 * b;
+      int64_t i = first + row_in_cta0 + 8 * b;
       int64_t ic = i < a.seqlen_q ? i : a.seqlen_q - 1;
       pos[b] = int32_t(offset + i);
       cand_end[b] = window > 0 ? pos[b] - window : pos[b];
       int64_t q = (int64_t(batch) * a.num_heads_kv + head_kv) * a.seqlen_q + ic;
       tau[b] = p.tau[q];
-      theta_val[b] = p.theta_val[q];
-      theta_idx[b] = p.theta_idx[q];
-      all_sel[b] = tau[b] == -INFINITY;  // n_p <= k_select: every candidate, gate 1
+      const bool all_sel = tau[b] == -INFINITY;  // n_p <= k_select: every candidate, gate 1
+      gate_lo[b] = all_sel ? 1.f : 0.f;
+      theta_key[b] = all_sel ? 0 : score_order_key(p.theta_val[q], p.theta_idx[q]);
     }
   }
 
-  __device__ bool selected(int b, int32_t j, float u) const {
-    if (j > cand_end[b]) return false;
-    if (all_sel[b]) return true;
-    return u > theta_val[b] || (u == theta_val[b] && j >= theta_idx[b]);
-  }
-
   template <class Frag>
-  __device__ void mask(Frag& s, const KvTile& t, int stage, int col0) const {
+  __device__ void mask(Frag& s, const KvTile& t, int slot, int col0) const {
+    if (t.gathered) {
+      // Union keys: j in Sel_p iff j <= c_p and (u_j, j) >= theta_p (theta_key = 0 selects
+      // every candidate). Columns past the tile's end get j = INT32_MAX, which fails j <= c_p.
+      const int valid = t.count - col0;
 #pragma unroll
-    for (int v = 0; v < kBlockN / 8; ++v)
+      for (int v = 0; v < kBlockN / 8; ++v) {
+        const int c = 8 * v + col0;
+        const int2 jj = lds_s32x2(&smem->key_idx[slot][c]);
+        const float2 uu = lds_f32x2(&smem->key_u[slot][c]);
 #pragma unroll
-      for (int a = 0; a < 2; ++a) {
-        int c = 8 * v + col0 + a;
-        if (t.gathered) {
-          int32_t j = lds_s32(&smem->key_idx[stage][c]);
-          float u = lds_f32(&smem->key_u[stage][c]);
-#pragma unroll
-          for (int b = 0; b < 2; ++b)
-            if (!(c < t.count && selected(b, j, u))) s(a + 2 * b + 4 * v) = -INFINITY;
-        } else {
-          int32_t j = int32_t(t.start) + c;
+        for (int a = 0; a < 2; ++a) {
+          const int32_t j = 8 * v + a < valid ? (a ? jj.y : jj.x) : INT32_MAX;
+          const uint64_t key = score_order_key(a ? uu.y : uu.x, j);
 #pragma unroll
           for (int b = 0; b < 2; ++b) {
-            bool ok = c < t.count && j <= pos[b] && j > pos[b] - window;
-            if (!ok) s(a + 2 * b + 4 * v) = -INFINITY;
+            const int e = a + 2 * b + 4 * v;
+            s(e) = key >= theta_key[b] && j <= cand_end[b] ? s(e) : -INFINITY;
           }
         }
       }
+    } else {
+      // Window keys: row p sees [p - window + 1, p]; a tile inside every row's window of the
+      // CTA (the middle of the band) needs no mask.
+      const int32_t start = int32_t(t.start);
+      if (t.count == kBlockN && start >= win_all_lo && start + kBlockN - 1 <= win_all_hi) return;
+      int lo[2], hi[2];  // admissible columns [lo, hi] of the row, minus col0
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+        lo[b] = pos[b] - window + 1 - start - col0;
+        const int h = pos[b] - start < t.count - 1 ? pos[b] - start : t.count - 1;
+        hi[b] = h - col0;
+      }
+#pragma unroll
+      for (int v = 0; v < kBlockN / 8; ++v)
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const int e = a + 2 * b + 4 * v, cc = 8 * v + a;
+            s(e) = (cc >= lo[b]) & (cc <= hi[b]) ? s(e) : -INFINITY;
+          }
+    }
   }
 
   template <class Frag>
-  __device__ void gate(Frag& p, const KvTile& t, int stage, int col0) const {
+  __device__ void gate(Frag& p, const KvTile& t, int slot, int col0) const {
     if (!t.gathered) return;  // window keys have gate 1
 #pragma unroll
-    for (int v = 0; v < kBlockN / 8; ++v)
+    for (int v = 0; v < kBlockN / 8; ++v) {
+      const float2 uu = lds_f32x2(&smem->key_u[slot][8 * v + col0]);
 #pragma unroll
-      for (int a = 0; a < 2; ++a) {
-        int c = 8 * v + col0 + a;
-        float u = lds_f32(&smem->key_u[stage][c]);
+      for (int a = 0; a < 2; ++a)
 #pragma unroll
         for (int b = 0; b < 2; ++b) {
-          float g = all_sel[b] ? 1.f : fminf(fmaxf(u - tau[b], 0.f), 1.f);
+          // m = clip(u - tau, 0, 1) (NaN -> 0, as fmaxf would); 1 where every candidate is
+          // selected, whatever its score. Masked keys have p = 0 already.
+          const float g = fmaxf(sub_sat((a ? uu.y : uu.x), tau[b]), gate_lo[b]);
           p(a + 2 * b + 4 * v) *= g;
         }
-      }
+    }
   }
   __device__ bool row_is_nan(int b) const {
     return isnan(tau[b]);
