@@ -1,7 +1,13 @@
 """Small dense and SparseK launches for compute-sanitizer (memcheck, racecheck)."""
+import os
+
 import torch
 
 from blackwell_sparsek import _C
+
+# Two persistent CTAs: each runs several work tiles, so the rings and barrier phases wrap
+# across work tiles under the sanitizer too.
+os.environ["BSK_ATTN_MAX_CTAS"] = "2"
 
 s = torch.cuda.current_stream().cuda_stream
 for dtype, D in [(torch.float16, 128), (torch.bfloat16, 64)]:

@@ -77,6 +77,40 @@ def test_dense_explicit_scale():
     assert_fa_rule(out, ref, low, "out", EPS[torch.float16])
 
 
+@pytest.fixture
+def few_ctas(monkeypatch):
+    """Caps the persistent grid (BSK_ATTN_MAX_CTAS, read at every launch) so that each CTA runs
+    many work tiles: the stage, metadata and Q rings and their phases wrap across work tiles,
+    and work tiles of different heads, batches and lengths (some with no KV tile) follow each
+    other on one CTA."""
+    def set_cap(n):
+        monkeypatch.setenv("BSK_ATTN_MAX_CTAS", str(n))
+    return set_cap
+
+
+@pytest.mark.parametrize("ctas", [1, 3])
+@pytest.mark.parametrize("shape,causal", [
+    ((2, 1000, 1000, 4, 2, 128), True),
+    ((1, 300, 129, 4, 4, 64), True),     # the first query tile has no key: a work tile of 0 KV tiles
+    ((2, 77, 300, 8, 8, 128), False),
+])
+def test_dense_persistent_many_tiles_per_cta(few_ctas, ctas, shape, causal):
+    few_ctas(ctas)
+    B, Sq, Sk, H, Hkv, D = shape
+    gen = torch.Generator(device="cuda").manual_seed(hash((shape, ctas, causal)) % 2**31)
+    dtype = torch.bfloat16
+    q, k, v = rand(B, Sq, H, D, dtype=dtype, gen=gen), rand(B, Sk, Hkv, D, dtype=dtype, gen=gen), \
+        rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
+    out, lse = run_dense(q, k, v, causal)
+    scale = default_scale(D)
+    ref, ref_lse = dense_ref(q, k, v, causal, scale)
+    low, _ = dense_ref(q, k, v, causal, scale, dtype=dtype)
+    assert_fa_rule(out, ref, low, "out", EPS[dtype])
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), "-inf LSE placement differs"
+    assert torch.allclose(lse[fin].double(), ref_lse[fin], atol=1e-3, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------
 # SparseK
 # ------------------------------------------------------------------------------------------
@@ -174,6 +208,31 @@ SPARSE_CASES = [
 def test_sparsek_vs_reference(case, dtype):
     B, Sq, Sk, H, Hkv, D, ks, w, kind = case
     gen = torch.Generator(device="cuda").manual_seed(hash((case, str(dtype))) % 2**31)
+    q = rand(B, Sq, H, D, dtype=dtype, gen=gen)
+    k = rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
+    v = rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
+    u = make_scores(B, Sk, Hkv, kind, gen)
+    scale = default_scale(D)
+    out, lse = run_sparse(q, k, v, u, ks, w)
+    ref, ref_lse = sparse_ref(q, k, v, u, ks, w, scale)
+    low = sparse_low(q, k, v, u, ks, w, scale)
+    assert_fa_rule(out, ref, low, "out", EPS[dtype])
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), fin)
+    assert torch.allclose(lse[fin], ref_lse[fin], atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ctas", [1, 3])
+@pytest.mark.parametrize("case", [
+    (2, 1000, 1000, 4, 2, 128, 256, 64, "slope"),
+    (1, 200, 777, 8, 2, 64, 64, 300, "ties"),
+    (1, 1500, 1500, 2, 1, 128, 700, 0, "randn"),   # many gathered tiles per work tile
+])
+def test_sparsek_persistent_many_tiles_per_cta(few_ctas, ctas, case):
+    few_ctas(ctas)
+    B, Sq, Sk, H, Hkv, D, ks, w, kind = case
+    dtype = torch.float16
+    gen = torch.Generator(device="cuda").manual_seed(hash((case, ctas)) % 2**31)
     q = rand(B, Sq, H, D, dtype=dtype, gen=gen)
     k = rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
     v = rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)

@@ -8,6 +8,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
+#include <cstdlib>
 #include <cute/tensor.hpp>
 
 #include "bsk/kernels/sm90/epilogue.h"
@@ -23,6 +24,7 @@ namespace bsk::sm90 {
 
 template <class Traits>
 struct DenseMode {
+  static constexpr bool kHasMeta = false;  // no per-key metadata ring
   using Params = kernels::AttnFwdParams;
   using Iterator = DenseKvIterator<Traits::kBlockM, Traits::kBlockN>;
   using Hook = DenseMaskHook<Traits::kBlockN>;
@@ -38,6 +40,7 @@ struct DenseMode {
 
 template <class Traits>
 struct SparseKMode {
+  static constexpr bool kHasMeta = true;  // gathered tiles' key metadata ring
   using Params = kernels::SparseKFwdParams;
   using Iterator = SparseKKvIterator<Traits::kBlockM, Traits::kBlockN>;
   using Hook = SparseKMaskHook<Traits::kBlockN, typename Traits::SharedStorage>;
@@ -63,85 +66,104 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   using SharedStorage = typename Traits::SharedStorage;
   using Barrier = cutlass::arch::ClusterBarrier;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kD = Traits::kHeadDim;
-  constexpr int kStages = Traits::kStages;
+  constexpr int kStages = Traits::kStages, kMetaSlots = Traits::kMetaSlots;
+  constexpr bool kMeta = Mode::kHasMeta;
 
   extern __shared__ char smem_raw[];
   auto& sm = *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                                ~uintptr_t(1023));
   const kernels::AttnFwdParams& a = Mode::attn(params);
-  HeaviestFirstScheduler sched{int(gridDim.x), true};
-  TileCoord tc = sched.get();
-  const int b = tc.batch, h = tc.head, m = tc.m_block;
-  const int hkv = h / int(a.num_heads / a.num_heads_kv);
+  const PersistentTileScheduler sched(a.seqlen_q, kBlockM, int(a.num_heads), int(a.batch));
+  const int group = int(a.num_heads / a.num_heads_kv);
   const int tid = threadIdx.x;
   const int wg = tid / 128;
 
   if (tid == 0) {
     Barrier::init(&sm.bar_q, 128);
+    Barrier::init(&sm.bar_q_empty, Traits::kConsumerWGs * 4);
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&sm.bar_k[s], 128);
       Barrier::init(&sm.bar_v[s], 128);
       Barrier::init(&sm.bar_empty_k[s], Traits::kConsumerWGs * 4);
       Barrier::init(&sm.bar_empty_v[s], Traits::kConsumerWGs * 4);
     }
+    for (int s = 0; s < kMetaSlots; ++s) Barrier::init(&sm.bar_meta_empty[s], Traits::kConsumerWGs * 4);
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
 
-  const auto it = Mode::iterator(params, m, b, hkv);
-
+  // Both sides walk the same work tiles and the same KV tiles per work tile, so one running
+  // count g of KV tiles (stage g % kStages, metadata slot g % kMetaSlots, and the phases) and
+  // one count w of work tiles (the Q buffer's phase) keep them in step across work tiles.
   if (wg == 0) {
     // ---------------- producer warpgroup ----------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     using Producer = CpAsyncProducer<Traits>;
-    const Element* qb = static_cast<const Element*>(a.q) + b * a.q_stride[0] + h * a.q_stride[2];
-    const Element* kb = static_cast<const Element*>(a.k) + b * a.k_stride[0] + hkv * a.k_stride[2];
-    const Element* vb = static_cast<const Element*>(a.v) + b * a.v_stride[0] + hkv * a.v_stride[2];
-    const int64_t row0 = int64_t(m) * kBlockM;
-    {
-      auto sQ0 = make_tensor(make_smem_ptr(sm.q), typename Traits::SmemLayoutQ{});
-      auto sQ1 =
-          make_tensor(make_smem_ptr(sm.q + Traits::kWgRows * kD), typename Traits::SmemLayoutQ{});
-      auto q_dst = [&](int r, int c) -> Element& {
-        return r < Traits::kWgRows ? sQ0(r, c) : sQ1(r - Traits::kWgRows, c);
-      };
-      Producer::template load_rows<kBlockM>(q_dst, tid, qb, [&](int r) -> const Element* {
-        int64_t i = row0 + r;
-        return i < a.seqlen_q ? qb + i * a.q_stride[1] : nullptr;
-      });
-      cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q);
-    }
     auto sK = make_tensor(make_smem_ptr(sm.k), typename Traits::SmemLayoutKV{});
     auto sV = make_tensor(make_smem_ptr(sm.v), typename Traits::SmemLayoutKV{});
-    const float* ub = Mode::scores_bh(params, b, hkv);
     const int64_t u_stride = Mode::score_row_stride(params);
-    for (int i = 0; i < it.num_tiles; ++i) {
-      const int s = i % kStages, round = i / kStages, slot = i % Traits::kMetaSlots;
-      const KvTile t = it.tile(i);
-      // The tile's key indices (and each gathered row's own index for its score) are loaded
-      // before the wait for a free stage, so their latency hides behind it.
-      int32_t keys[Producer::kKeysPerThread];
-      if (t.gathered) Producer::fetch_keys(t, tid, keys);
-      const bool meta = t.gathered && tid < kBlockN, meta_ok = meta && tid < t.count;
-      const int32_t jm = meta_ok ? __ldg(t.list + tid) : 0;
-      if (round > 0) Barrier::wait(&sm.bar_empty_k[s], (round - 1) & 1);
-      if (meta) {
-        cp_async_4(&sm.key_idx[slot][tid], meta_ok ? t.list + tid : t.list, meta_ok);
-        cp_async_4(&sm.key_u[slot][tid], ub + int64_t(jm) * u_stride, meta_ok);
+    int g = 0, w = 0;
+    for (int64_t wt = blockIdx.x; wt < sched.num_tiles; wt += gridDim.x, ++w) {
+      const TileCoord tc = sched.coord(wt);
+      const int b = tc.batch, h = tc.head, m = tc.m_block, hkv = h / group;
+      const auto it = Mode::iterator(params, m, b, hkv);
+      const Element* qb =
+          static_cast<const Element*>(a.q) + b * a.q_stride[0] + h * a.q_stride[2];
+      const Element* kb =
+          static_cast<const Element*>(a.k) + b * a.k_stride[0] + hkv * a.k_stride[2];
+      const Element* vb =
+          static_cast<const Element*>(a.v) + b * a.v_stride[0] + hkv * a.v_stride[2];
+      const float* ub = Mode::scores_bh(params, b, hkv);
+      const int64_t row0 = int64_t(m) * kBlockM;
+      {
+        // The Q buffer is free once both consumers have issued and finished their last
+        // S = Q K^T of the previous work tile (they are then still in its softmax, last P V and
+        // epilogue, which this load overlaps).
+        if (w > 0) Barrier::wait(&sm.bar_q_empty, (w - 1) & 1);
+        auto sQ0 = make_tensor(make_smem_ptr(sm.q), typename Traits::SmemLayoutQ{});
+        auto sQ1 = make_tensor(make_smem_ptr(sm.q + Traits::kWgRows * kD),
+                               typename Traits::SmemLayoutQ{});
+        auto q_dst = [&](int r, int c) -> Element& {
+          return r < Traits::kWgRows ? sQ0(r, c) : sQ1(r - Traits::kWgRows, c);
+        };
+        Producer::template load_rows<kBlockM>(q_dst, tid, qb, [&](int r) -> const Element* {
+          int64_t i = row0 + r;
+          return i < a.seqlen_q ? qb + i * a.q_stride[1] : nullptr;
+        });
+        cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q);
       }
-      auto k_dst = [&](int r, int c) -> Element& { return sK(r, c, s); };
-      auto v_dst = [&](int r, int c) -> Element& { return sV(r, c, s); };
-      if (t.gathered)
-        Producer::load_keys(k_dst, tid, kb, a.k_stride[1], keys);
-      else
-        Producer::load_contiguous(k_dst, tid, kb, a.k_stride[1], t.start, t.count);
-      cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_k[s]);
-      if (round > 0) Barrier::wait(&sm.bar_empty_v[s], (round - 1) & 1);
-      if (t.gathered)
-        Producer::load_keys(v_dst, tid, vb, a.v_stride[1], keys);
-      else
-        Producer::load_contiguous(v_dst, tid, vb, a.v_stride[1], t.start, t.count);
-      cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_v[s]);
+      for (int i = 0; i < it.num_tiles; ++i, ++g) {
+        const int s = g % kStages, round = g / kStages;
+        const int slot = g % kMetaSlots, mround = g / kMetaSlots;
+        const KvTile t = it.tile(i);
+        // The tile's key indices (and each gathered row's own index for its score) are loaded
+        // before the wait for a free stage, so their latency hides behind it.
+        int32_t keys[Producer::kKeysPerThread];
+        if (t.gathered) Producer::fetch_keys(t, tid, keys);
+        const bool meta = t.gathered && tid < kBlockN, meta_ok = meta && tid < t.count;
+        const int32_t jm = meta_ok ? __ldg(t.list + tid) : 0;
+        if (round > 0) Barrier::wait(&sm.bar_empty_k[s], (round - 1) & 1);
+        if constexpr (kMeta) {
+          if (mround > 0) Barrier::wait(&sm.bar_meta_empty[slot], (mround - 1) & 1);
+        }
+        if (meta) {
+          cp_async_4(&sm.key_idx[slot][tid], meta_ok ? t.list + tid : t.list, meta_ok);
+          cp_async_4(&sm.key_u[slot][tid], ub + int64_t(jm) * u_stride, meta_ok);
+        }
+        auto k_dst = [&](int r, int c) -> Element& { return sK(r, c, s); };
+        auto v_dst = [&](int r, int c) -> Element& { return sV(r, c, s); };
+        if (t.gathered)
+          Producer::load_keys(k_dst, tid, kb, a.k_stride[1], keys);
+        else
+          Producer::load_contiguous(k_dst, tid, kb, a.k_stride[1], t.start, t.count);
+        cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_k[s]);
+        if (round > 0) Barrier::wait(&sm.bar_empty_v[s], (round - 1) & 1);
+        if (t.gathered)
+          Producer::load_keys(v_dst, tid, vb, a.v_stride[1], keys);
+        else
+          Producer::load_contiguous(v_dst, tid, vb, a.v_stride[1], t.start, t.count);
+        cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_v[s]);
+      }
     }
     // Keep the producer's copies owned by a live thread until they land.
     asm volatile("cp.async.wait_all;\n" ::: "memory");
@@ -153,7 +175,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     const int warp = ctid / 32, lane = tid % 32;
     const int row_in_cta0 = cw * Traits::kWgRows + warp * 16 + lane / 4;
     const int col0 = 2 * (lane % 4);
-    auto hook = Mode::hook(params, m, row_in_cta0, b, hkv, &sm);
 
     typename Traits::MmaQK mma_qk;
     typename Traits::MmaPV mma_pv;
@@ -167,10 +188,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     auto tSrK = thr_qk.partition_fragment_B(sK);
     auto tOrV = thr_pv.partition_fragment_B(sVt);
     auto tOrO = partition_fragment_C(mma_pv, Shape<Int<Traits::kWgRows>, Int<kD>>{});
-    clear(tOrO);
-
-    OnlineSoftmax<kBlockN> softmax;
-    softmax.scale_log2 = a.scale * 1.4426950408889634f;
+    auto tSrS = partition_fragment_C(mma_qk, Shape<Int<Traits::kWgRows>, Int<kBlockN>>{});
+    auto rP = make_tensor<Element>(typename Traits::LayoutPAsA{});
 
     // S = Q K^T for tile i into tSrS (issued, committed; the caller waits).
     auto issue_qk = [&](auto& tSrS, int s) {
@@ -193,15 +212,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         cute::gemm(mma_pv, rP(_, _, kb), tOrV(_, _, kb, s), tOrO);
       warpgroup_commit_batch();
     };
-    // Mask, online softmax and gate of a finished S (tile i, its metadata in slot i %
-    // kMetaSlots); returns the O correction per row.
-    auto softmax_tile = [&](auto& tSrS, const KvTile& t, int i, float(&corr)[2]) {
-      warpgroup_fence_operand(tSrS);
-      const int slot = i % Traits::kMetaSlots;
-      hook.mask(tSrS, t, slot, col0);
-      softmax.step(tSrS, corr);
-      hook.gate(tSrS, t, slot, col0);
-    };
     auto rescale_o = [&](const float(&corr)[2]) {
       // Element a + 2 b + 4 v of the accumulator belongs to row b (see mask_hook.h).
       CUTE_UNROLL
@@ -216,72 +226,113 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       if (lane == 0) Barrier::arrive(bar);
     };
 
-    Barrier::wait(&sm.bar_q, 0);
-    auto tSrS = partition_fragment_C(mma_qk, Shape<Int<Traits::kWgRows>, Int<kBlockN>>{});
-    auto rP = make_tensor<Element>(typename Traits::LayoutPAsA{});
-    const int n = it.num_tiles;
-    if (n > 0) {
-      // Software pipeline inside the warpgroup: the softmax of tile i runs while the tensor
-      // cores do P V of tile i - 1 (FlashAttention-3's intra-warpgroup overlap).
-      float corr[2];
-      KvTile t = it.tile(0);
-      Barrier::wait(&sm.bar_k[0], 0);
-      issue_qk(tSrS, 0);
-      warpgroup_wait<0>();
-      // K is consumed once S is in registers; the gathered keys' metadata the hook reads lives
-      // in its own deeper ring, so the stage is released before the softmax.
-      release(&sm.bar_empty_k[0]);
-      softmax_tile(tSrS, t, 0, corr);
-      to_element(rP, tSrS);
-      for (int i = 1; i < n; ++i) {
-        const int s = i % kStages, sp = (i - 1) % kStages;
-        t = it.tile(i);
-        Barrier::wait(&sm.bar_k[s], (i / kStages) & 1);
-        issue_qk(tSrS, s);
-        Barrier::wait(&sm.bar_v[sp], ((i - 1) / kStages) & 1);
-        issue_pv(rP, sp);
-        warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
-        release(&sm.bar_empty_k[s]);
-        softmax_tile(tSrS, t, i, corr);
-        warpgroup_wait<0>();  // P V of tile i - 1 done: O and rP may be touched again
-        warpgroup_fence_operand(tOrO);
-        release(&sm.bar_empty_v[sp]);
-        rescale_o(corr);
-        to_element(rP, tSrS);
-      }
-      const int sl = (n - 1) % kStages;
-      Barrier::wait(&sm.bar_v[sl], ((n - 1) / kStages) & 1);
-      issue_pv(rP, sl);
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tOrO);
-      release(&sm.bar_empty_v[sl]);
-    }
+    int g = 0, w = 0;
+    for (int64_t wt = blockIdx.x; wt < sched.num_tiles; wt += gridDim.x, ++w) {
+      const TileCoord tc = sched.coord(wt);
+      const int b = tc.batch, h = tc.head, m = tc.m_block, hkv = h / group;
+      const auto it = Mode::iterator(params, m, b, hkv);
+      const auto hook = Mode::hook(params, m, row_in_cta0, b, hkv, &sm);
+      clear(tOrO);
+      OnlineSoftmax<kBlockN> softmax;
+      softmax.scale_log2 = a.scale * 1.4426950408889634f;
+      // Mask, online softmax and gate of a finished S (running KV tile gk, its metadata in slot
+      // gk % kMetaSlots, released to the producer right after the gate); returns the O
+      // correction per row.
+      auto softmax_tile = [&](const KvTile& t, int gk, float(&corr)[2]) {
+        warpgroup_fence_operand(tSrS);
+        const int slot = gk % kMetaSlots;
+        hook.mask(tSrS, t, slot, col0);
+        softmax.step(tSrS, corr);
+        hook.gate(tSrS, t, slot, col0);
+        if constexpr (kMeta) release(&sm.bar_meta_empty[slot]);
+      };
 
-    float inv[2], lse[2];
-    softmax.finish(inv, lse);
-    bool nan_row[2] = {hook.row_is_nan(0), hook.row_is_nan(1)};
-    Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
-    float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
-    DirectEpilogue<Element, kD>::store(tOrO, inv, lse, nan_row, ob, a.o_stride[1], lb,
-                                       int64_t(m) * kBlockM + row_in_cta0, a.seqlen_q, lane);
+      Barrier::wait(&sm.bar_q, w & 1);
+      const int n = it.num_tiles;
+      if (n == 0) {
+        release(&sm.bar_q_empty);
+      } else {
+        // Software pipeline inside the warpgroup: the softmax of tile i runs while the tensor
+        // cores do P V of tile i - 1 (FlashAttention-3's intra-warpgroup overlap).
+        float corr[2];
+        KvTile t = it.tile(0);
+        {
+          const int s = g % kStages;
+          Barrier::wait(&sm.bar_k[s], (g / kStages) & 1);
+          issue_qk(tSrS, s);
+          warpgroup_wait<0>();
+          // K is consumed once S is in registers (the hook's metadata has its own ring), and
+          // Q too when this is the work tile's only KV tile.
+          release(&sm.bar_empty_k[s]);
+          if (n == 1) release(&sm.bar_q_empty);
+          softmax_tile(t, g, corr);
+          to_element(rP, tSrS);
+        }
+        for (int i = 1; i < n; ++i) {
+          const int gi = g + i, s = gi % kStages, sp = (gi - 1) % kStages;
+          t = it.tile(i);
+          Barrier::wait(&sm.bar_k[s], (gi / kStages) & 1);
+          issue_qk(tSrS, s);
+          Barrier::wait(&sm.bar_v[sp], ((gi - 1) / kStages) & 1);
+          issue_pv(rP, sp);
+          warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
+          release(&sm.bar_empty_k[s]);
+          if (i == n - 1) release(&sm.bar_q_empty);
+          softmax_tile(t, gi, corr);
+          warpgroup_wait<0>();  // P V of tile i - 1 done: O and rP may be touched again
+          warpgroup_fence_operand(tOrO);
+          release(&sm.bar_empty_v[sp]);
+          rescale_o(corr);
+          to_element(rP, tSrS);
+        }
+        const int gl = g + n - 1, sl = gl % kStages;
+        Barrier::wait(&sm.bar_v[sl], (gl / kStages) & 1);
+        issue_pv(rP, sl);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+        release(&sm.bar_empty_v[sl]);
+        g += n;
+      }
+
+      float inv[2], lse[2];
+      softmax.finish(inv, lse);
+      bool nan_row[2] = {hook.row_is_nan(0), hook.row_is_nan(1)};
+      Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
+      float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
+      DirectEpilogue<Element, kD>::store(tOrO, inv, lse, nan_row, ob, a.o_stride[1], lb,
+                                         int64_t(m) * kBlockM + row_in_cta0, a.seqlen_q, lane);
+    }
   }
 }
 
-// Host-side launch for one instantiation.
+// Host-side launch for one instantiation: one persistent CTA per SM (at most one per work tile).
 template <class Traits, template <class> class ModeT>
 void launch_attention_fwd(const typename ModeT<Traits>::Params& params,
                           const kernels::AttnFwdParams& a) {
-  int num_m = int((a.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM);
-  dim3 grid(num_m, unsigned(a.num_heads), unsigned(a.batch));
+  const PersistentTileScheduler sched(a.seqlen_q, Traits::kBlockM, int(a.num_heads),
+                                      int(a.batch));
+  if (sched.num_tiles == 0) return;
+  int device = 0, num_sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess)
+    throw CudaError(std::string("attention kernel: no device: ") + cudaGetErrorString(err));
+  // Test hook: BSK_ATTN_MAX_CTAS=N caps the persistent grid, so small problems still run many
+  // work tiles per CTA (every ring and phase wraps across work tiles).
+  if (const char* cap = std::getenv("BSK_ATTN_MAX_CTAS")) {
+    const int n = std::atoi(cap);
+    if (n > 0 && n < num_sms) num_sms = n;
+  }
   auto kernel = attention_fwd_sm90_kernel<Traits, ModeT>;
   static bool configured = [&] {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
     return true;
   }();
   (void)configured;
-  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(
-      params);
-  cudaError_t err = cudaGetLastError();
+  kernel<<<sched.grid(num_sms), Traits::kThreads, Traits::kSmemBytes,
+           static_cast<cudaStream_t>(a.stream)>>>(params);
+  err = cudaGetLastError();
   if (err != cudaSuccess)
     throw CudaError(std::string("attention kernel launch failed: ") + cudaGetErrorString(err));
 }

@@ -71,11 +71,14 @@ struct AttnTraits {
     alignas(1024) Element v[kKVElems];
     // Key metadata of gathered tiles (key index and its score), in a ring of its own that is
     // deeper than the K ring: the mask/gate hook still reads tile i's metadata after the K
-    // stage of tile i has been released for tile i + kStages (tile i + kStages writes slot
-    // (i + kStages) % kMetaSlots, which no consumer can still be reading).
+    // stage of tile i has been released. Each slot has its own "empty" barrier (SparseK only),
+    // which the consumers arrive on after the gate, so the producer's reuse of a slot is
+    // ordered after every read of it directly.
     int32_t key_idx[kMetaSlots][kBlockN];
     float key_u[kMetaSlots][kBlockN];
     alignas(8) uint64_t bar_q;
+    uint64_t bar_q_empty;  // Q consumed (after the tile's last S = Q K^T): next tile's Q may load
+    uint64_t bar_meta_empty[kMetaSlots];
     uint64_t bar_k[kStages];
     uint64_t bar_v[kStages];
     uint64_t bar_empty_k[kStages];  // K stage consumed (after S = Q K^T)
