@@ -60,7 +60,9 @@ struct SparseKMode {
 
 template <class Traits, template <class> class ModeT>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
-    attention_fwd_sm90_kernel(const __grid_constant__ typename ModeT<Traits>::Params params) {
+    attention_fwd_sm90_kernel(const __grid_constant__ typename ModeT<Traits>::Params params,
+                              const __grid_constant__ PersistentTileScheduler sched,
+                              int counter_slot) {
   using Mode = ModeT<Traits>;
   using Element = typename Traits::Element;
   using SharedStorage = typename Traits::SharedStorage;
@@ -73,21 +75,25 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   auto& sm = *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                                ~uintptr_t(1023));
   const kernels::AttnFwdParams& a = Mode::attn(params);
-  const PersistentTileScheduler sched(a.seqlen_q, kBlockM, int(a.num_heads), int(a.batch));
-  const int group = int(a.num_heads / a.num_heads_kv);
   const int tid = threadIdx.x;
   const int wg = tid / 128;
 
   if (tid == 0) {
     Barrier::init(&sm.bar_q, 128);
-    Barrier::init(&sm.bar_q_empty, Traits::kConsumerWGs * 4);
+    // Buffers the consumers read with plain shared loads (the metadata slots, the next-tile
+    // word, and Q's release that orders them) are released by every consumer thread: an
+    // mbarrier arrive releases only the arriving thread's own accesses.
+    Barrier::init(&sm.bar_q_empty, Traits::kConsumerWGs * 128);
+    Barrier::init(&sm.bar_tile[0], 1);
+    Barrier::init(&sm.bar_tile[1], 1);
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&sm.bar_k[s], 128);
       Barrier::init(&sm.bar_v[s], 128);
       Barrier::init(&sm.bar_empty_k[s], Traits::kConsumerWGs * 4);
       Barrier::init(&sm.bar_empty_v[s], Traits::kConsumerWGs * 4);
     }
-    for (int s = 0; s < kMetaSlots; ++s) Barrier::init(&sm.bar_meta_empty[s], Traits::kConsumerWGs * 4);
+    for (int s = 0; s < kMetaSlots; ++s)
+      Barrier::init(&sm.bar_meta_empty[s], Traits::kConsumerWGs * 128);
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
@@ -95,6 +101,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   // Both sides walk the same work tiles and the same KV tiles per work tile, so one running
   // count g of KV tiles (stage g % kStages, metadata slot g % kMetaSlots, and the phases) and
   // one count w of work tiles (the Q buffer's phase) keep them in step across work tiles.
+  // Work tiles are handed out dynamically: the first is blockIdx.x, the next one producer
+  // thread 0 takes from the launch's counter while the current tile loads, and passes to every
+  // thread through next_tile[(w + 1) % 2] and bar_tile (so causal CTAs stay balanced).
+  int* const counter = &g_tile_counters[counter_slot];
+  auto next_tile = [&](int w) -> int {
+    const int s = (w + 1) & 1;
+    Barrier::wait(&sm.bar_tile[s], ((w + 1) >> 1) & 1);
+    return sm.next_tile[s];
+  };
   if (wg == 0) {
     // ---------------- producer warpgroup ----------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
@@ -103,9 +118,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     auto sV = make_tensor(make_smem_ptr(sm.v), typename Traits::SmemLayoutKV{});
     const int64_t u_stride = Mode::score_row_stride(params);
     int g = 0, w = 0;
-    for (int64_t wt = blockIdx.x; wt < sched.num_tiles; wt += gridDim.x, ++w) {
+    for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
+      // Issued now, used after this tile's loads: the atomic's latency hides behind them.
+      int grab = 0;
+      if (tid == 0) grab = atomicAdd(counter, 1);
       const TileCoord tc = sched.coord(wt);
-      const int b = tc.batch, h = tc.head, m = tc.m_block, hkv = h / group;
+      const int b = tc.batch, h = tc.head, m = tc.m_block, hkv = tc.head_kv;
       const auto it = Mode::iterator(params, m, b, hkv);
       const Element* qb =
           static_cast<const Element*>(a.q) + b * a.q_stride[0] + h * a.q_stride[2];
@@ -120,16 +138,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // S = Q K^T of the previous work tile (they are then still in its softmax, last P V and
         // epilogue, which this load overlaps).
         if (w > 0) Barrier::wait(&sm.bar_q_empty, (w - 1) & 1);
+        // Q as two 64-row blocks (one per consumer warpgroup), each a contiguous tile.
         auto sQ0 = make_tensor(make_smem_ptr(sm.q), typename Traits::SmemLayoutQ{});
         auto sQ1 = make_tensor(make_smem_ptr(sm.q + Traits::kWgRows * kD),
                                typename Traits::SmemLayoutQ{});
-        auto q_dst = [&](int r, int c) -> Element& {
-          return r < Traits::kWgRows ? sQ0(r, c) : sQ1(r - Traits::kWgRows, c);
-        };
-        Producer::template load_rows<kBlockM>(q_dst, tid, qb, [&](int r) -> const Element* {
-          int64_t i = row0 + r;
-          return i < a.seqlen_q ? qb + i * a.q_stride[1] : nullptr;
-        });
+        const int rows = int(a.seqlen_q - row0 < kBlockM ? a.seqlen_q - row0 : kBlockM);
+        Producer::template load_contiguous<Traits::kWgRows>(sQ0, tid, qb, a.q_stride[1], row0,
+                                                            rows);
+        Producer::template load_contiguous<Traits::kWgRows>(
+            sQ1, tid, qb, a.q_stride[1], row0 + Traits::kWgRows, rows - Traits::kWgRows);
         cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q);
       }
       for (int i = 0; i < it.num_tiles; ++i, ++g) {
@@ -164,6 +181,16 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           Producer::load_contiguous(v_dst, tid, vb, a.v_stride[1], t.start, t.count);
         cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_v[s]);
       }
+      if (tid == 0) {
+        // Every processed tile takes one value, so the grid takes 0 .. num_tiles - 1 in all;
+        // whoever takes the last one resets the counter for the next launch on this slot.
+        if (grab == sched.num_tiles - 1) atomicExch(counter, 0);
+        sm.next_tile[(w + 1) & 1] = int(gridDim.x) + grab;
+        Barrier::arrive(&sm.bar_tile[(w + 1) & 1]);
+      }
+      wt = next_tile(w);
+      // All producer threads have read the word before thread 0 rewrites it two tiles on.
+      asm volatile("bar.sync 1, 128;\n" ::: "memory");
     }
     // Keep the producer's copies owned by a live thread until they land.
     asm volatile("cp.async.wait_all;\n" ::: "memory");
@@ -225,11 +252,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       __syncwarp();
       if (lane == 0) Barrier::arrive(bar);
     };
+    auto release_all = [&](uint64_t* bar) { Barrier::arrive(bar); };  // every thread arrives
 
     int g = 0, w = 0;
-    for (int64_t wt = blockIdx.x; wt < sched.num_tiles; wt += gridDim.x, ++w) {
+    for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
       const TileCoord tc = sched.coord(wt);
-      const int b = tc.batch, h = tc.head, m = tc.m_block, hkv = h / group;
+      const int b = tc.batch, h = tc.head, m = tc.m_block, hkv = tc.head_kv;
       const auto it = Mode::iterator(params, m, b, hkv);
       const auto hook = Mode::hook(params, m, row_in_cta0, b, hkv, &sm);
       clear(tOrO);
@@ -244,13 +272,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         hook.mask(tSrS, t, slot, col0);
         softmax.step(tSrS, corr);
         hook.gate(tSrS, t, slot, col0);
-        if constexpr (kMeta) release(&sm.bar_meta_empty[slot]);
+        if constexpr (kMeta) release_all(&sm.bar_meta_empty[slot]);
       };
 
       Barrier::wait(&sm.bar_q, w & 1);
       const int n = it.num_tiles;
       if (n == 0) {
-        release(&sm.bar_q_empty);
+        release_all(&sm.bar_q_empty);
       } else {
         // Software pipeline inside the warpgroup: the softmax of tile i runs while the tensor
         // cores do P V of tile i - 1 (FlashAttention-3's intra-warpgroup overlap).
@@ -264,7 +292,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           // K is consumed once S is in registers (the hook's metadata has its own ring), and
           // Q too when this is the work tile's only KV tile.
           release(&sm.bar_empty_k[s]);
-          if (n == 1) release(&sm.bar_q_empty);
+          if (n == 1) release_all(&sm.bar_q_empty);
           softmax_tile(t, g, corr);
           to_element(rP, tSrS);
         }
@@ -277,7 +305,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           issue_pv(rP, sp);
           warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
           release(&sm.bar_empty_k[s]);
-          if (i == n - 1) release(&sm.bar_q_empty);
+          if (i == n - 1) release_all(&sm.bar_q_empty);
           softmax_tile(t, gi, corr);
           warpgroup_wait<0>();  // P V of tile i - 1 done: O and rP may be touched again
           warpgroup_fence_operand(tOrO);
@@ -301,6 +329,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
       DirectEpilogue<Element, kD>::store(tOrO, inv, lse, nan_row, ob, a.o_stride[1], lb,
                                          int64_t(m) * kBlockM + row_in_cta0, a.seqlen_q, lane);
+      wt = next_tile(w);
     }
   }
 }
@@ -309,9 +338,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 template <class Traits, template <class> class ModeT>
 void launch_attention_fwd(const typename ModeT<Traits>::Params& params,
                           const kernels::AttnFwdParams& a) {
-  const PersistentTileScheduler sched(a.seqlen_q, Traits::kBlockM, int(a.num_heads),
-                                      int(a.batch));
-  if (sched.num_tiles == 0) return;
+  int64_t total = 0;
+  const PersistentTileScheduler sched(a.seqlen_q, Traits::kBlockM, a.num_heads, a.num_heads_kv,
+                                      a.batch, &total);
+  if (total == 0) return;
+  if (total > int64_t(INT32_MAX))
+    throw CudaError("attention kernel: more than 2^31 - 1 work tiles (batch * heads * query tiles)");
   int device = 0, num_sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess)
@@ -331,7 +363,7 @@ void launch_attention_fwd(const typename ModeT<Traits>::Params& params,
   }();
   (void)configured;
   kernel<<<sched.grid(num_sms), Traits::kThreads, Traits::kSmemBytes,
-           static_cast<cudaStream_t>(a.stream)>>>(params);
+           static_cast<cudaStream_t>(a.stream)>>>(params, sched, next_counter_slot());
   err = cudaGetLastError();
   if (err != cudaSuccess)
     throw CudaError(std::string("attention kernel launch failed: ") + cudaGetErrorString(err));

@@ -30,9 +30,12 @@ struct AttnTraits {
   // setmaxnreg only moves registers between the warpgroups of a CTA: the CTA starts with
   // kEntryRegs per thread (__launch_bounds__(kThreads, 1)), and what the consumers gain the
   // producer must give up, or the consumers' setmaxnreg.inc waits forever.
+  // 72 / 216 (= 504): with fewer than 72 the persistent producer spills its per-work-tile
+  // state in the KV loop; at 216 only the SparseK D=128 consumer reloads a few loop-invariant
+  // values per tile (ptxas: dense 0 spill bytes, SparseK D=128 176).
   static constexpr int kEntryRegs = (65536 / kThreads) / 8 * 8;  // 168 at 384 threads
-  static constexpr int kProducerRegs = 56;
-  static constexpr int kConsumerRegs = 224;
+  static constexpr int kProducerRegs = 72;
+  static constexpr int kConsumerRegs = 216;
   static_assert(kProducerRegs + kConsumerWGs * kConsumerRegs <= (1 + kConsumerWGs) * kEntryRegs,
                 "register split exceeds the CTA's registers");
   static constexpr int kChunksPerRow = kHeadDim * int(sizeof(Element)) / 16;  // 16-byte chunks
@@ -78,6 +81,8 @@ struct AttnTraits {
     float key_u[kMetaSlots][kBlockN];
     alignas(8) uint64_t bar_q;
     uint64_t bar_q_empty;  // Q consumed (after the tile's last S = Q K^T): next tile's Q may load
+    int next_tile[2];      // the work tile after work tile w, in slot (w + 1) % 2
+    uint64_t bar_tile[2];  // next_tile[s] written
     uint64_t bar_meta_empty[kMetaSlots];
     uint64_t bar_k[kStages];
     uint64_t bar_v[kStages];

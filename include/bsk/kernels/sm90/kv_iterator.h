@@ -19,26 +19,29 @@ struct KvTile {
   bool gathered = false;
 };
 
+// Key positions are 32-bit here (the API guarantees Sk < 2^31): the iterators live in the
+// producer's few registers across the whole KV loop.
 template <int kBlockM, int kBlockN>
 struct DenseKvIterator {
-  int64_t kv_end = 0;
+  int kv_end = 0;
   int num_tiles = 0;
 
   __device__ DenseKvIterator(const kernels::AttnFwdParams& p, int m_block) {
-    kv_end = p.seqlen_k;
+    int64_t end = p.seqlen_k;
     if (p.causal) {
       int64_t last_row = (int64_t(m_block) + 1) * kBlockM - 1;
       if (last_row > p.seqlen_q - 1) last_row = p.seqlen_q - 1;
       int64_t last_pos = p.seqlen_k - p.seqlen_q + last_row;
-      kv_end = last_pos + 1 < 0 ? 0 : (last_pos + 1 < p.seqlen_k ? last_pos + 1 : p.seqlen_k);
+      end = last_pos + 1 < 0 ? 0 : (last_pos + 1 < p.seqlen_k ? last_pos + 1 : p.seqlen_k);
     }
-    num_tiles = int((kv_end + kBlockN - 1) / kBlockN);
+    kv_end = int(end);
+    num_tiles = (kv_end + kBlockN - 1) / kBlockN;
   }
   __device__ KvTile tile(int it) const {
     KvTile t;
-    t.start = int64_t(it) * kBlockN;
-    int64_t rest = kv_end - t.start;
-    t.count = rest < kBlockN ? int(rest) : kBlockN;
+    const int start = it * kBlockN, rest = kv_end - start;
+    t.start = start;
+    t.count = rest < kBlockN ? rest : kBlockN;
     return t;
   }
 };
@@ -48,7 +51,7 @@ struct SparseKKvIterator {
   const int32_t* list = nullptr;
   int list_count = 0;
   int num_gathered = 0;
-  int64_t win_lo = 0, win_end = 0;
+  int win_lo = 0, win_end = 0;
   int num_tiles = 0;
 
   __device__ SparseKKvIterator(const kernels::SparseKFwdParams& p, int m_block, int batch,
@@ -65,9 +68,9 @@ struct SparseKKvIterator {
     int64_t p0 = a.seqlen_k - a.seqlen_q + first_row, p1 = a.seqlen_k - a.seqlen_q + last_row;
     int num_window = 0;
     if (p.window > 0) {
-      win_lo = p0 - p.window + 1 < 0 ? 0 : p0 - p.window + 1;
-      win_end = p1 + 1;
-      num_window = int((win_end - win_lo + kBlockN - 1) / kBlockN);
+      win_lo = int(p0 - p.window + 1 < 0 ? 0 : p0 - p.window + 1);
+      win_end = int(p1 + 1);
+      num_window = (win_end - win_lo + kBlockN - 1) / kBlockN;
     }
     num_tiles = num_gathered + num_window;
   }
@@ -79,9 +82,9 @@ struct SparseKKvIterator {
       int rest = list_count - it * kBlockN;
       t.count = rest < kBlockN ? rest : kBlockN;
     } else {
-      t.start = win_lo + int64_t(it - num_gathered) * kBlockN;
-      int64_t rest = win_end - t.start;
-      t.count = rest < kBlockN ? int(rest) : kBlockN;
+      const int start = win_lo + (it - num_gathered) * kBlockN, rest = win_end - start;
+      t.start = start;
+      t.count = rest < kBlockN ? rest : kBlockN;
     }
     return t;
   }

@@ -79,11 +79,13 @@ struct CpAsyncProducer {
     }
   }
 
-  // Contiguous tiles (dense, the SparseK window): rows start + r, r < count; the source
-  // pointer steps by kKeyRowsPerPass rows, so no per-row index or 64-bit product is kept.
-  template <class SmemTensor>
+  // Contiguous tiles (dense, the SparseK window; Q as two 64-row blocks, kRows = 64): rows
+  // start + r, r < min(count, kRows); the source pointer steps by kKeyRowsPerPass rows, so no
+  // per-row index or 64-bit product is kept.
+  template <int kRows = Traits::kBlockN, class SmemTensor>
   __device__ static void load_contiguous(SmemTensor&& dst, int tid, const Element* base,
                                          int64_t row_stride, int64_t start, int count) {
+    static_assert(kRows % kKeyRowsPerPass == 0, "whole passes of the producer threads");
     const int chunk = tid % kThreadsPerRow, r0 = tid / kThreadsPerRow;
     constexpr int kElems = 16 / int(sizeof(Element));
     const char* row0 = reinterpret_cast<const char*>(base + (start + r0) * row_stride);
@@ -95,7 +97,7 @@ struct CpAsyncProducer {
       const char* src = row0 + col * int(sizeof(Element));
       const char* any = reinterpret_cast<const char*>(base + col);  // row 0: always valid
 #pragma unroll
-      for (int it = 0; it < kKeysPerThread; ++it) {
+      for (int it = 0; it < kRows / kKeyRowsPerPass; ++it) {
         const bool ok = r0 + it * kKeyRowsPerPass < count;
         // Past the end: a valid address with src-size 0 (zero-fill, nothing read).
         cp_async_16(d0 + it * kKeyRowsPerPass * 64, ok ? src : any, ok);
