@@ -103,12 +103,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   // one count w of work tiles (the Q buffer's phase) keep them in step across work tiles.
   // Work tiles are handed out dynamically: the first is blockIdx.x, the next one producer
   // thread 0 takes from the launch's counter while the current tile loads, and passes to every
-  // thread through next_tile[(w + 1) % 2] and bar_tile (so causal CTAs stay balanced).
+  // thread through next_tile[w % 2] and bar_tile[w % 2] (so causal CTAs stay balanced). Slot
+  // w % 2 is written for the (w / 2)-th time after work tile w: its phase parity is (w / 2) & 1.
   int* const counter = &g_tile_counters[counter_slot];
   auto next_tile = [&](int w) -> int {
-    const int s = (w + 1) & 1;
-    Barrier::wait(&sm.bar_tile[s], ((w + 1) >> 1) & 1);
-    return sm.next_tile[s];
+    Barrier::wait(&sm.bar_tile[w & 1], (w >> 1) & 1);
+    return sm.next_tile[w & 1];
   };
   if (wg == 0) {
     // ---------------- producer warpgroup ----------------
@@ -185,8 +185,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // Every processed tile takes one value, so the grid takes 0 .. num_tiles - 1 in all;
         // whoever takes the last one resets the counter for the next launch on this slot.
         if (grab == sched.num_tiles - 1) atomicExch(counter, 0);
-        sm.next_tile[(w + 1) & 1] = int(gridDim.x) + grab;
-        Barrier::arrive(&sm.bar_tile[(w + 1) & 1]);
+        sm.next_tile[w & 1] = int(gridDim.x) + grab;
+        Barrier::arrive(&sm.bar_tile[w & 1]);
       }
       wt = next_tile(w);
       // All producer threads have read the word before thread 0 rewrites it two tiles on.

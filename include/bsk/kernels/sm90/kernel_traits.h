@@ -81,7 +81,7 @@ struct AttnTraits {
     float key_u[kMetaSlots][kBlockN];
     alignas(8) uint64_t bar_q;
     uint64_t bar_q_empty;  // Q consumed (after the tile's last S = Q K^T): next tile's Q may load
-    int next_tile[2];      // the work tile after work tile w, in slot (w + 1) % 2
+    int next_tile[2];      // the work tile after work tile w, in slot w % 2
     uint64_t bar_tile[2];  // next_tile[s] written
     uint64_t bar_meta_empty[kMetaSlots];
     uint64_t bar_k[kStages];
