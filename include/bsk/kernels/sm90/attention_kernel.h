@@ -253,14 +253,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       if (lane == 0) Barrier::arrive(bar);
     };
     auto release_all = [&](uint64_t* bar) { Barrier::arrive(bar); };  // every thread arrives
-    // Ping-pong of the two consumer warpgroups: each issues its GEMMs only in its turn (named
-    // barrier 2 + cw, 256 threads: its own 128 sync, the other's 128 arrive) and then passes
-    // the turn, so one warpgroup's mask and softmax run under the other's GEMMs. Both walk the
-    // same tiles with n + 1 turns per work tile; warpgroup 0 starts.
-    static_assert(Traits::kConsumerWGs == 2, "ping-pong pairs two consumer warpgroups");
-    auto turn_wait = [&] { asm volatile("bar.sync %0, 256;\n" ::"r"(2 + cw) : "memory"); };
-    auto turn_pass = [&] { asm volatile("bar.arrive %0, 256;\n" ::"r"(3 - cw) : "memory"); };
-    if (cw == 1) turn_pass();
 
     int g = 0, w = 0;
     for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
@@ -295,9 +287,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         {
           const int s = g % kStages;
           Barrier::wait(&sm.bar_k[s], (g / kStages) & 1);
-          turn_wait();
           issue_qk(tSrS, s);
-          turn_pass();
           warpgroup_wait<0>();
           // K is consumed once S is in registers (the hook's metadata has its own ring), and
           // Q too when this is the work tile's only KV tile.
@@ -310,11 +300,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           const int gi = g + i, s = gi % kStages, sp = (gi - 1) % kStages;
           t = it.tile(i);
           Barrier::wait(&sm.bar_k[s], (gi / kStages) & 1);
-          Barrier::wait(&sm.bar_v[sp], ((gi - 1) / kStages) & 1);
-          turn_wait();
           issue_qk(tSrS, s);
+          Barrier::wait(&sm.bar_v[sp], ((gi - 1) / kStages) & 1);
           issue_pv(rP, sp);
-          turn_pass();
           warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
           release(&sm.bar_empty_k[s]);
           if (i == n - 1) release_all(&sm.bar_q_empty);
@@ -327,9 +315,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         }
         const int gl = g + n - 1, sl = gl % kStages;
         Barrier::wait(&sm.bar_v[sl], (gl / kStages) & 1);
-        turn_wait();
         issue_pv(rP, sl);
-        turn_pass();
         warpgroup_wait<0>();
         warpgroup_fence_operand(tOrO);
         release(&sm.bar_empty_v[sl]);
