@@ -270,6 +270,30 @@ def test_sparsek_nan_scores_give_nan_rows():
     assert torch.isnan(out[0, -1, 0]).all() and not torch.isnan(out[0, -1, 1]).any()
 
 
+def test_sparsek_nonfinite_scores_in_all_selected_rows():
+    """Rows with n_p <= k select every candidate with gate 1, whatever its score: a -inf or NaN
+    score there keeps its key at gate 1 (the kernel stores non-finite scores as 0 for the gate,
+    and theta = 0 selects every key). Later rows with such a candidate are NaN rows."""
+    gen = torch.Generator(device="cuda").manual_seed(13)
+    B, S, H, D = 1, 400, 2, 128
+    dtype = torch.float16
+    q, k, v = (rand(B, S, H, D, dtype=dtype, gen=gen) for _ in range(3))
+    u = make_scores(B, S, H, "randn", gen)
+    u[0, 5, 0] = float("-inf")
+    u[0, 9, 1] = float("nan")
+    ks, w, scale = 200, 32, default_scale(D)
+    out, lse = run_sparse(q, k, v, u, ks, w)
+    ref, ref_lse = sparse_ref(q, k, v, u, ks, w, scale)
+    low = sparse_low(q, k, v, u, ks, w, scale)
+    nan_ref = torch.isnan(ref)
+    assert nan_ref[0, 232:].all() and not nan_ref[0, :232].any()  # L = p - 31 > k from p = 232
+    low = torch.where(nan_ref, ref.to(low.dtype), low)  # sparse_low has no NaN rows
+    assert_fa_rule(out, ref, low, "out", EPS[dtype])
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), fin)
+    assert torch.allclose(lse[fin], ref_lse[fin], atol=1e-3, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["randn", "ties", "slope"])
 @pytest.mark.parametrize("S,Sq,ks,w", [(1, 1, 1, 0), (113, 113, 1, 1), (1000, 1000, 64, 256),
                                        (4097, 4097, 256, 256), (4097, 1000, 1024, 0),

@@ -92,8 +92,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       Barrier::init(&sm.bar_empty_k[s], Traits::kConsumerWGs * 4);
       Barrier::init(&sm.bar_empty_v[s], Traits::kConsumerWGs * 4);
     }
-    for (int s = 0; s < kMetaSlots; ++s)
+    for (int s = 0; s < kMetaSlots; ++s) {
       Barrier::init(&sm.bar_meta_empty[s], Traits::kConsumerWGs * 128);
+      Barrier::init(&sm.bar_meta_full[s], 128);
+    }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
@@ -125,14 +127,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       const TileCoord tc = sched.coord(wt);
       const int b = tc.batch, h = tc.head, m = tc.m_block, hkv = tc.head_kv;
       const auto it = Mode::iterator(params, m, b, hkv);
-      const Element* qb =
-          static_cast<const Element*>(a.q) + b * a.q_stride[0] + h * a.q_stride[2];
+      const Element* qb = static_cast<const Element*>(a.q) + b * a.q_stride[0] + h * a.q_stride[2];
       const Element* kb =
           static_cast<const Element*>(a.k) + b * a.k_stride[0] + hkv * a.k_stride[2];
       const Element* vb =
           static_cast<const Element*>(a.v) + b * a.v_stride[0] + hkv * a.v_stride[2];
       const float* ub = Mode::scores_bh(params, b, hkv);
       const int64_t row0 = int64_t(m) * kBlockM;
+      uint64_t row_key = 0;  // SparseK: this thread's CTA row's threshold (loads issued here)
+      if constexpr (kMeta) row_key = sparsek_row_theta_key(params, row0 + tid, b, hkv);
       {
         // The Q buffer is free once both consumers have issued and finished their last
         // S = Q K^T of the previous work tile (they are then still in its softmax, last P V and
@@ -140,14 +143,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         if (w > 0) Barrier::wait(&sm.bar_q_empty, (w - 1) & 1);
         // Q as two 64-row blocks (one per consumer warpgroup), each a contiguous tile.
         auto sQ0 = make_tensor(make_smem_ptr(sm.q), typename Traits::SmemLayoutQ{});
-        auto sQ1 = make_tensor(make_smem_ptr(sm.q + Traits::kWgRows * kD),
-                               typename Traits::SmemLayoutQ{});
+        auto sQ1 =
+            make_tensor(make_smem_ptr(sm.q + Traits::kWgRows * kD), typename Traits::SmemLayoutQ{});
         const int rows = int(a.seqlen_q - row0 < kBlockM ? a.seqlen_q - row0 : kBlockM);
         Producer::template load_contiguous<Traits::kWgRows>(sQ0, tid, qb, a.q_stride[1], row0,
                                                             rows);
         Producer::template load_contiguous<Traits::kWgRows>(
             sQ1, tid, qb, a.q_stride[1], row0 + Traits::kWgRows, rows - Traits::kWgRows);
         cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q);
+      }
+      if constexpr (kMeta) {
+        // Every producer thread searches all rows' thresholds below. The previous work tile's
+        // searches are done: the producer threads passed the barrier after its next-tile read.
+        sm.row_theta[tid] = row_key;
+        asm volatile("bar.sync 1, 128;\n" ::: "memory");
       }
       for (int i = 0; i < it.num_tiles; ++i, ++g) {
         const int s = g % kStages, round = g / kStages;
@@ -157,16 +166,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // before the wait for a free stage, so their latency hides behind it.
         int32_t keys[Producer::kKeysPerThread];
         if (t.gathered) Producer::fetch_keys(t, tid, keys);
-        const bool meta = t.gathered && tid < kBlockN, meta_ok = meta && tid < t.count;
+        // SparseK metadata: one key per producer thread (kBlockN = 128 rows per tile).
+        static_assert(!kMeta || kBlockN == 128, "one metadata key per producer thread");
+        const bool meta_ok = kMeta && t.gathered && tid < t.count;
         const int32_t jm = meta_ok ? __ldg(t.list + tid) : 0;
+        const float um = meta_ok ? __ldg(ub + int64_t(jm) * u_stride) : 0.f;
         if (round > 0) Barrier::wait(&sm.bar_empty_k[s], (round - 1) & 1);
-        if constexpr (kMeta) {
-          if (mround > 0) Barrier::wait(&sm.bar_meta_empty[slot], (mround - 1) & 1);
-        }
-        if (meta) {
-          cp_async_4(&sm.key_idx[slot][tid], meta_ok ? t.list + tid : t.list, meta_ok);
-          cp_async_4(&sm.key_u[slot][tid], ub + int64_t(jm) * u_stride, meta_ok);
-        }
         auto k_dst = [&](int r, int c) -> Element& { return sK(r, c, s); };
         auto v_dst = [&](int r, int c) -> Element& { return sV(r, c, s); };
         if (t.gathered)
@@ -174,6 +179,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         else
           Producer::load_contiguous(k_dst, tid, kb, a.k_stride[1], t.start, t.count);
         cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_k[s]);
+        if constexpr (kMeta) {
+          // After the K copies are on their way: the rows that reach this key's score, then
+          // the slot (once its previous tile's readers are done), released by a plain arrive.
+          const int nrows =
+              meta_ok ? rows_reaching<kBlockM>(sm.row_theta, score_order_key(um, jm)) : 0;
+          if (mround > 0) Barrier::wait(&sm.bar_meta_empty[slot], (mround - 1) & 1);
+          if (t.gathered) {
+            sm.key_idx[slot][tid] = meta_ok ? jm : INT32_MAX;
+            sm.key_rows[slot][tid] = nrows;
+            sm.key_u[slot][tid] = isfinite(um) ? um : 0.f;
+          }
+          Barrier::arrive(&sm.bar_meta_full[slot]);
+        }
         if (round > 0) Barrier::wait(&sm.bar_empty_v[s], (round - 1) & 1);
         if (t.gathered)
           Producer::load_keys(v_dst, tid, vb, a.v_stride[1], keys);
@@ -269,6 +287,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       auto softmax_tile = [&](const KvTile& t, int gk, float(&corr)[2]) {
         warpgroup_fence_operand(tSrS);
         const int slot = gk % kMetaSlots;
+        if constexpr (kMeta) {
+          if (t.gathered) Barrier::wait(&sm.bar_meta_full[slot], (gk / kMetaSlots) & 1);
+        }
         hook.mask(tSrS, t, slot, col0);
         softmax.step(tSrS, corr);
         hook.gate(tSrS, t, slot, col0);
@@ -343,7 +364,8 @@ void launch_attention_fwd(const typename ModeT<Traits>::Params& params,
                                       a.batch, &total);
   if (total == 0) return;
   if (total > int64_t(INT32_MAX))
-    throw CudaError("attention kernel: more than 2^31 - 1 work tiles (batch * heads * query tiles)");
+    throw CudaError(
+        "attention kernel: more than 2^31 - 1 work tiles (batch * heads * query tiles)");
   int device = 0, num_sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess)

@@ -74,16 +74,22 @@ struct AttnTraits {
     alignas(1024) Element v[kKVElems];
     // Key metadata of gathered tiles (key index and its score), in a ring of its own that is
     // deeper than the K ring: the mask/gate hook still reads tile i's metadata after the K
-    // stage of tile i has been released. Each slot has its own "empty" barrier (SparseK only),
-    // which the consumers arrive on after the gate, so the producer's reuse of a slot is
-    // ordered after every read of it directly.
-    int32_t key_idx[kMetaSlots][kBlockN];
-    float key_u[kMetaSlots][kBlockN];
+    // stage of tile i has been released. Each slot has its own "full" and "empty" barriers
+    // (SparseK only): the producer's stores are released to the consumers' reads, and their
+    // reads (arrivals after the gate) to the producer's reuse of the slot.
+    int32_t key_idx[kMetaSlots][kBlockN];   // key index j (INT32_MAX past the tile's end)
+    int32_t key_rows[kMetaSlots][kBlockN];  // rows 0 .. n-1 of the CTA select j by score
+    float key_u[kMetaSlots][kBlockN];       // score u_j (0 where not finite), for the gate
+    // SparseK: the order key of each CTA row's threshold theta_p (non-decreasing in the row;
+    // 0 where every candidate is selected, ~0 for NaN and padding rows), written by the
+    // producer at each work tile's start and searched by it for key_rows.
+    uint64_t row_theta[kBlockM];
     alignas(8) uint64_t bar_q;
     uint64_t bar_q_empty;  // Q consumed (after the tile's last S = Q K^T): next tile's Q may load
     int next_tile[2];      // the work tile after work tile w, in slot w % 2
     uint64_t bar_tile[2];  // next_tile[s] written
     uint64_t bar_meta_empty[kMetaSlots];
+    uint64_t bar_meta_full[kMetaSlots];  // slot written (plain stores, then arrive: release)
     uint64_t bar_k[kStages];
     uint64_t bar_v[kStages];
     uint64_t bar_empty_k[kStages];  // K stage consumed (after S = Q K^T)

@@ -102,6 +102,38 @@ struct DenseMaskHook {
   }
 };
 
+// SparseK membership through the rows' thresholds. theta_p is non-decreasing in p (a longer
+// prefix of candidates can only raise its k-th largest), so within a CTA the rows whose
+// threshold a key (u_j, j) reaches are a prefix 0 .. n_j - 1 of its 128 rows: the producer
+// finds n_j once per key by a binary search over the rows' threshold keys, and the consumers'
+// test "(u_j, j) >= theta_p and j <= c_p" becomes "row < n_j and j <= c_p", two 32-bit compares.
+
+// Order key of the threshold of query row i (CTA row r = i - first row of the work tile):
+// 0 where every candidate is selected (n_p <= k: tau = -inf), all ones for NaN rows and rows
+// past the end (selection undefined or unused), so the keys stay non-decreasing in the row.
+__device__ __forceinline__ uint64_t sparsek_row_theta_key(const kernels::SparseKFwdParams& p,
+                                                          int64_t i, int batch, int head_kv) {
+  const auto& a = p.attn;
+  if (i >= a.seqlen_q) return ~uint64_t(0);
+  const int64_t q = (int64_t(batch) * a.num_heads_kv + head_kv) * a.seqlen_q + i;
+  const float tau = p.tau[q];
+  if (tau == -INFINITY) return 0;
+  if (isnan(tau)) return ~uint64_t(0);
+  return score_order_key(p.theta_val[q], p.theta_idx[q]);
+}
+
+// Number of CTA rows r (a prefix, by monotonicity) with row_theta[r] <= key.
+template <int kRows>
+__device__ __forceinline__ int rows_reaching(const uint64_t* row_theta, uint64_t key) {
+  static_assert((kRows & (kRows - 1)) == 0, "power-of-two row count");
+  int n = 0;
+#pragma unroll
+  for (int step = kRows / 2; step >= 1; step >>= 1)
+    if (row_theta[n + step - 1] <= key) n += step;
+  if (row_theta[n] <= key) ++n;  // n = kRows - 1 after the steps when all but the last reach
+  return n;
+}
+
 template <int kBlockN, class SharedStorage>
 struct SparseKMaskHook {
   static constexpr bool kHasGate = true;
@@ -109,10 +141,9 @@ struct SparseKMaskHook {
   int32_t window = 0;
   int32_t pos[2] = {0, 0};
   int32_t cand_end[2] = {0, 0};            // last candidate index c_p (keys older than the window)
+  int32_t row[2] = {0, 0};                 // the rows' index in the CTA
   int32_t win_all_lo = 0, win_all_hi = 0;  // keys in the window of every row of the CTA
   float tau[2];
-  float gate_lo[2];       // 1 where every candidate is selected with gate 1, else 0
-  uint64_t theta_key[2];  // score_order_key of theta_p; 0 where every candidate is selected
   const SharedStorage* smem;
 
   __device__ SparseKMaskHook(const kernels::SparseKFwdParams& p, int m_block, int row_in_cta0,
@@ -127,37 +158,33 @@ struct SparseKMaskHook {
     win_all_hi = int32_t(offset + first);
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
-      int64_t i = first + row_in_cta0 + 8 * b;
+      row[b] = row_in_cta0 + 8 * b;
+      int64_t i = first + row[b];
       int64_t ic = i < a.seqlen_q ? i : a.seqlen_q - 1;
       pos[b] = int32_t(offset + i);
       cand_end[b] = window > 0 ? pos[b] - window : pos[b];
       int64_t q = (int64_t(batch) * a.num_heads_kv + head_kv) * a.seqlen_q + ic;
       tau[b] = p.tau[q];
-      const bool all_sel = tau[b] == -INFINITY;  // n_p <= k_select: every candidate, gate 1
-      gate_lo[b] = all_sel ? 1.f : 0.f;
-      theta_key[b] = all_sel ? 0 : score_order_key(p.theta_val[q], p.theta_idx[q]);
     }
   }
 
   template <class Frag>
   __device__ void mask(Frag& s, const KvTile& t, int slot, int col0) const {
     if (t.gathered) {
-      // Union keys: j in Sel_p iff j <= c_p and (u_j, j) >= theta_p (theta_key = 0 selects
-      // every candidate). Columns past the tile's end get j = INT32_MAX, which fails j <= c_p.
-      const int valid = t.count - col0;
+      // Union keys: j in Sel_p iff row < n_j and j <= c_p. Columns past the tile's end have
+      // j = INT32_MAX and n_j = 0.
 #pragma unroll
       for (int v = 0; v < kBlockN / 8; ++v) {
         const int c = 8 * v + col0;
         const int2 jj = lds_s32x2(&smem->key_idx[slot][c]);
-        const float2 uu = lds_f32x2(&smem->key_u[slot][c]);
+        const int2 nn = lds_s32x2(&smem->key_rows[slot][c]);
 #pragma unroll
         for (int a = 0; a < 2; ++a) {
-          const int32_t j = 8 * v + a < valid ? (a ? jj.y : jj.x) : INT32_MAX;
-          const uint64_t key = score_order_key(a ? uu.y : uu.x, j);
+          const int32_t j = a ? jj.y : jj.x, n = a ? nn.y : nn.x;
 #pragma unroll
           for (int b = 0; b < 2; ++b) {
             const int e = a + 2 * b + 4 * v;
-            s(e) = key >= theta_key[b] && j <= cand_end[b] ? s(e) : -INFINITY;
+            s(e) = (row[b] < n) & (j <= cand_end[b]) ? s(e) : -INFINITY;
           }
         }
       }
@@ -195,10 +222,10 @@ struct SparseKMaskHook {
       for (int a = 0; a < 2; ++a)
 #pragma unroll
         for (int b = 0; b < 2; ++b) {
-          // m = clip(u - tau, 0, 1) (NaN -> 0, as fmaxf would); 1 where every candidate is
-          // selected, whatever its score. Masked keys have p = 0 already.
-          const float g = fmaxf(sub_sat((a ? uu.y : uu.x), tau[b]), gate_lo[b]);
-          p(a + 2 * b + 4 * v) *= g;
+          // m = clip(u - tau, 0, 1) in one instruction. Where every candidate is selected,
+          // tau = -inf gives 1; the producer stores non-finite scores as 0, which only such rows
+          // (and NaN rows, whose output is NaN anyway) can select. Masked keys have p = 0.
+          p(a + 2 * b + 4 * v) *= sub_sat((a ? uu.y : uu.x), tau[b]);
         }
     }
   }
