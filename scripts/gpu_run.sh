@@ -6,7 +6,8 @@
 #   pytestk: the kernel tests (tests/python/test_kernels_gpu.py) alone; pytest: every pytest
 #   file (after pytestk: the others). profile: Nsight Compute sections (speed of light, warp
 #   stall reasons, scheduler, occupancy, memory, source counters) of the attention and selection
-#   kernels at the seed shape, as text. BENCH_ARGS passes flags to the bench. STEP_TIMEOUT
+#   kernels at the seed shape, as text, plus the per-reason stall metrics of the attention
+#   kernels (ncu_stalls.txt). BENCH_ARGS passes flags to the bench. STEP_TIMEOUT
 #   (seconds, default 600) bounds each step. GPU_RUN_PACK=FILE.tgz packs OUTDIR into FILE after
 #   every step, so a call that is cut short still hands back everything that ran.
 # Headers that the machine may lack are taken from .deps/ when present (.deps/cutlass holds
@@ -110,6 +111,19 @@ if has profile; then
     log "ncu sections ok ($(( $(date +%s) - t0 )) s)"
   else
     status=1; log "NCU SECTIONS FAILED ($(( $(date +%s) - t0 )) s)"; tail -n 20 "$OUT/ncu_sections.txt"
+  fi
+  # Warp stall reasons per issued instruction, tensor-pipe activity and instruction counts of
+  # the attention kernels at the seed shape (which stall bounds each kernel).
+  t0=$(date +%s)
+  STALLS="regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
+  STALLS+=",sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active"
+  STALLS+=",smsp__inst_executed.sum,gpu__time_duration.sum"
+  if timeout $T "$NCU" --clock-control none --target-processes all --kernel-name-base demangled \
+      -k "regex:SparseKMode|DenseMode" --launch-count 3 --metrics "$STALLS" \
+      $PY bench/profile.py --driver --shape seed > "$OUT/ncu_stalls.txt" 2>&1; then
+    log "ncu stall reasons ok ($(( $(date +%s) - t0 )) s)"
+  else
+    status=1; log "NCU STALL REASONS FAILED ($(( $(date +%s) - t0 )) s)"; tail -n 20 "$OUT/ncu_stalls.txt"
   fi
   # Per-kernel summary (make bench-profile's report) at the tier-origin shape, where the
   # selection's share is largest.
