@@ -364,6 +364,38 @@ TEST(RefSparseK, Properties) {
   EXPECT_GT(ranges_checked, 1000);
 }
 
+// The sm_90a attention kernel's membership test relies on this: ordering the rows' thresholds
+// with "every candidate selected" (tau = -inf) lowest, NaN rows highest and (theta_val,
+// theta_idx) in between, the threshold never decreases from one row to the next, so the rows
+// of a query tile that a key's (u_j, j) reaches are a prefix of the tile.
+TEST(RefSparseK, ThresholdOrderNonDecreasingAlongRows) {
+  std::mt19937_64 rng(0x5eed0009);
+  auto cls = [](const SparseKQuery& r) { return r.tau == -kInf ? 0 : std::isnan(r.tau) ? 2 : 1; };
+  auto less = [&](const SparseKQuery& a, const SparseKQuery& b) {
+    if (cls(a) != cls(b)) return cls(a) < cls(b);
+    if (cls(a) != 1) return false;
+    if (a.theta_val != b.theta_val) return a.theta_val < b.theta_val;
+    return a.theta_idx < b.theta_idx;
+  };
+  int64_t pairs = 0, class_changes = 0;
+  for (int rep = 0; rep < 600; ++rep) {
+    const OpCase c = random_op_case(rng, rep % 10 == 9 ? 300 : 60, 0.12, false);
+    SCOPED_TRACE(c.str());
+    const auto info = run_operator(c);
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.Hkv; ++h)
+        for (int64_t i = 1; i < c.Sq; ++i) {
+          const SparseKQuery& prev = info[(b * c.Hkv + h) * c.Sq + i - 1];
+          const SparseKQuery& cur = info[(b * c.Hkv + h) * c.Sq + i];
+          ASSERT_FALSE(less(cur, prev)) << "b=" << b << " h=" << h << " i=" << i;
+          ++pairs;
+          class_changes += cls(cur) != cls(prev);
+        }
+  }
+  EXPECT_GT(pairs, 10000);
+  EXPECT_GT(class_changes, 100);  // the generator reaches both transitions
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention forward.
 // ---------------------------------------------------------------------------------------------
