@@ -32,7 +32,7 @@ struct AttnTraits {
   // producer must give up, or the consumers' setmaxnreg.inc waits forever.
   // 72 / 216 (= 504): with fewer than 72 the persistent producer spills its per-work-tile
   // state in the KV loop; at 216 only the SparseK D=128 consumer reloads a few loop-invariant
-  // values per tile (ptxas: dense 0 spill bytes, SparseK D=128 176).
+  // values per tile (ptxas: dense 0 spill bytes, SparseK D=128 144).
   static constexpr int kEntryRegs = (65536 / kThreads) / 8 * 8;  // 168 at 384 threads
   static constexpr int kProducerRegs = 72;
   static constexpr int kConsumerRegs = 216;

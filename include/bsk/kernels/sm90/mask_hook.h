@@ -53,6 +53,22 @@ __device__ __forceinline__ uint64_t score_order_key(float u, int32_t j) {
   return (uint64_t(score_order_bits(u)) << 32) | uint32_t(j);
 }
 
+// Keeps the columns [lo[b], hi[b]] (offsets from the thread's first column col0) of row b and
+// sets the rest to -inf; kLower = false: no lower bound. Both hooks' column-range masks use it.
+template <int kBlockN, bool kLower, class Frag>
+__device__ __forceinline__ void keep_columns(Frag& s, const int (&lo)[2], const int (&hi)[2]) {
+#pragma unroll
+  for (int v = 0; v < kBlockN / 8; ++v)
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+        const int e = a + 2 * b + 4 * v, cc = 8 * v + a;
+        const bool keep = kLower ? (cc >= lo[b]) & (cc <= hi[b]) : cc <= hi[b];
+        s(e) = keep ? s(e) : -INFINITY;
+      }
+}
+
 // Both hooks are branch-free per element: per row and tile the admissible column range (or the
 // selection threshold) is computed once, and each element costs a compare or two and a select.
 // (Per-element early-outs made the compiler emit a divergent branch and reconvergence point for
@@ -85,15 +101,7 @@ struct DenseMaskHook {
       if (causal && pos[b] - t.start < h) h = pos[b] - t.start;
       hi[b] = int(h < -1 ? -1 : h) - col0;
     }
-#pragma unroll
-    for (int v = 0; v < kBlockN / 8; ++v)
-#pragma unroll
-      for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int b = 0; b < 2; ++b) {
-          const int e = a + 2 * b + 4 * v;
-          s(e) = 8 * v + a <= hi[b] ? s(e) : -INFINITY;
-        }
+    keep_columns<kBlockN, false>(s, hi, hi);
   }
   template <class Frag>
   __device__ void gate(Frag&, const KvTile&, int, int) const {}
@@ -200,15 +208,7 @@ struct SparseKMaskHook {
         const int h = pos[b] - start < t.count - 1 ? pos[b] - start : t.count - 1;
         hi[b] = h - col0;
       }
-#pragma unroll
-      for (int v = 0; v < kBlockN / 8; ++v)
-#pragma unroll
-        for (int a = 0; a < 2; ++a)
-#pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const int e = a + 2 * b + 4 * v, cc = 8 * v + a;
-            s(e) = (cc >= lo[b]) & (cc <= hi[b]) ? s(e) : -INFINITY;
-          }
+      keep_columns<kBlockN, true>(s, lo, hi);
     }
   }
 
