@@ -116,8 +116,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // ---------------- producer warpgroup ----------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     using Producer = CpAsyncProducer<Traits>;
-    auto sK = make_tensor(make_smem_ptr(sm.k), typename Traits::SmemLayoutKV{});
-    auto sV = make_tensor(make_smem_ptr(sm.v), typename Traits::SmemLayoutKV{});
     const int64_t u_stride = Mode::score_row_stride(params);
     int g = 0, w = 0;
     for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
@@ -158,47 +156,55 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         sm.row_theta[tid] = row_key;
         asm volatile("bar.sync 1, 128;\n" ::: "memory");
       }
-      for (int i = 0; i < it.num_tiles; ++i, ++g) {
-        const int s = g % kStages, round = g / kStages;
-        const int slot = g % kMetaSlots, mround = g / kMetaSlots;
-        const KvTile t = it.tile(i);
+      // K runs one tile ahead of V: the loads go K0, K1, V0, K2, V1, ..., V(n-1). V's stage
+      // frees only after the P V two tiles back, so with K and V of a tile loaded together the
+      // next K could not start before that wait either (one tile of lookahead for the loads
+      // that gate every S = Q K^T); in this order K waits only for the S two tiles back. One
+      // loop body serves both tensors, so their address arithmetic is not duplicated.
+      const int n_tiles = it.num_tiles;
+#pragma unroll 1
+      for (int e = 0; e < 2 * n_tiles; ++e) {
+        const bool is_v = e > 0 && (e == 2 * n_tiles - 1 || (e & 1) == 0);
+        const int ti = !is_v ? (e + 1) / 2 : (e == 2 * n_tiles - 1 ? n_tiles - 1 : e / 2 - 1);
+        const int gi = g + ti, s = gi % kStages, round = gi / kStages;
+        const int slot = gi % kMetaSlots, mround = gi / kMetaSlots;
+        const KvTile t = it.tile(ti);
         // The tile's key indices (and each gathered row's own index for its score) are loaded
         // before the wait for a free stage, so their latency hides behind it.
         int32_t keys[Producer::kKeysPerThread];
         if (t.gathered) Producer::fetch_keys(t, tid, keys);
-        // SparseK metadata: one key per producer thread (kBlockN = 128 rows per tile).
+        // SparseK metadata (with K): one key per producer thread (kBlockN = 128 rows per tile).
         static_assert(!kMeta || kBlockN == 128, "one metadata key per producer thread");
-        const bool meta_ok = kMeta && t.gathered && tid < t.count;
+        const bool meta_ok = kMeta && !is_v && t.gathered && tid < t.count;
         const int32_t jm = meta_ok ? __ldg(t.list + tid) : 0;
         const float um = meta_ok ? __ldg(ub + int64_t(jm) * u_stride) : 0.f;
-        if (round > 0) Barrier::wait(&sm.bar_empty_k[s], (round - 1) & 1);
-        auto k_dst = [&](int r, int c) -> Element& { return sK(r, c, s); };
-        auto v_dst = [&](int r, int c) -> Element& { return sV(r, c, s); };
+        if (round > 0) Barrier::wait(&(is_v ? sm.bar_empty_v : sm.bar_empty_k)[s], (round - 1) & 1);
+        auto sX = make_tensor(make_smem_ptr(is_v ? sm.v : sm.k), typename Traits::SmemLayoutKV{});
+        auto dst = [&](int r, int c) -> Element& { return sX(r, c, s); };
+        const Element* xb = is_v ? vb : kb;
+        const int64_t x_stride = is_v ? a.v_stride[1] : a.k_stride[1];
         if (t.gathered)
-          Producer::load_keys(k_dst, tid, kb, a.k_stride[1], keys);
+          Producer::load_keys(dst, tid, xb, x_stride, keys);
         else
-          Producer::load_contiguous(k_dst, tid, kb, a.k_stride[1], t.start, t.count);
-        cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_k[s]);
+          Producer::load_contiguous(dst, tid, xb, x_stride, t.start, t.count);
+        cutlass::arch::cpasync_barrier_arrive_noinc(&(is_v ? sm.bar_v : sm.bar_k)[s]);
         if constexpr (kMeta) {
-          // After the K copies are on their way: the rows that reach this key's score, then
-          // the slot (once its previous tile's readers are done), released by a plain arrive.
-          const int nrows =
-              meta_ok ? rows_reaching<kBlockM>(sm.row_theta, score_order_key(um, jm)) : 0;
-          if (mround > 0) Barrier::wait(&sm.bar_meta_empty[slot], (mround - 1) & 1);
-          if (t.gathered) {
-            sm.key_idx[slot][tid] = meta_ok ? jm : INT32_MAX;
-            sm.key_rows[slot][tid] = nrows;
-            sm.key_u[slot][tid] = isfinite(um) ? um : 0.f;
+          if (!is_v) {
+            // After the K copies are on their way: the rows that reach this key's score, then
+            // the slot (once its previous tile's readers are done), released by a plain arrive.
+            const int nrows =
+                meta_ok ? rows_reaching<kBlockM>(sm.row_theta, score_order_key(um, jm)) : 0;
+            if (mround > 0) Barrier::wait(&sm.bar_meta_empty[slot], (mround - 1) & 1);
+            if (t.gathered) {
+              sm.key_idx[slot][tid] = meta_ok ? jm : INT32_MAX;
+              sm.key_rows[slot][tid] = nrows;
+              sm.key_u[slot][tid] = isfinite(um) ? um : 0.f;
+            }
+            Barrier::arrive(&sm.bar_meta_full[slot]);
           }
-          Barrier::arrive(&sm.bar_meta_full[slot]);
         }
-        if (round > 0) Barrier::wait(&sm.bar_empty_v[s], (round - 1) & 1);
-        if (t.gathered)
-          Producer::load_keys(v_dst, tid, vb, a.v_stride[1], keys);
-        else
-          Producer::load_contiguous(v_dst, tid, vb, a.v_stride[1], t.start, t.count);
-        cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_v[s]);
       }
+      g += n_tiles;
       if (tid == 0) {
         // Every processed tile takes one value, so the grid takes 0 .. num_tiles - 1 in all;
         // whoever takes the last one resets the counter for the next launch on this slot.
