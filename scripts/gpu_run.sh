@@ -2,14 +2,17 @@
 # One call on a GPU machine: build everything with all cores, run the GPU tests (GoogleTest +
 # pytest), compute-sanitizer on small cases, and the benchmark; logs and results go to OUTDIR.
 #   scripts/gpu_run.sh OUTDIR [steps]     steps: comma list of build,gtest,pytestk,sanitize,
-#                                         bench,profile,pytest (default: all, in that order).
+#                                         bench,profile,phases,pytest (default: all but phases,
+#                                         in that order).
 #   pytestk: the kernel tests (tests/python/test_kernels_gpu.py) alone; pytest: every pytest
 #   file (after pytestk: the others). profile: Nsight Compute sections (speed of light, warp
 #   stall reasons, scheduler, occupancy, memory, source counters) of the attention and selection
 #   kernels at the seed shape, as text, plus the per-reason stall metrics of the attention
-#   kernels (ncu_stalls.txt). BENCH_ARGS passes flags to the bench. STEP_TIMEOUT
-#   (seconds, default 600) bounds each step. GPU_RUN_PACK=FILE.tgz packs OUTDIR into FILE after
-#   every step, so a call that is cut short still hands back everything that ran.
+#   kernels (ncu_stalls.txt). phases: a lean BSK_ATTN_PROFILE build and the per-phase cycle
+#   counts of the attention kernels (phases.md; scripts/attn_phases.py). BENCH_ARGS passes
+#   flags to the bench. STEP_TIMEOUT (seconds, default 600) bounds each step.
+#   GPU_RUN_PACK=FILE.tgz packs OUTDIR into FILE after every step, so a call that is cut short
+#   still hands back everything that ran.
 # Headers that the machine may lack are taken from .deps/ when present (.deps/cutlass holds
 # cute/ and cutlass/, .deps/googletest the GoogleTest sources).
 set -uo pipefail
@@ -133,6 +136,29 @@ if has profile; then
     log "bench-profile (tier shape) ok ($(( $(date +%s) - t0 )) s)"
   else
     status=1; log "BENCH-PROFILE (tier shape) FAILED"; tail -n 20 "$OUT/profile_tier.log"
+  fi
+fi
+
+if has phases; then
+  # A second, lean build with BSK_ATTN_PROFILE (its extension goes to its own package copy) and
+  # the per-phase cycle counts of the attention kernels at the seed shape.
+  PB="$BUILD-phases"
+  mkdir -p "$PB/pkg" && rm -rf "$PB/pkg/blackwell_sparsek" && cp -r python/blackwell_sparsek "$PB/pkg/"
+  t0=$(date +%s)
+  args=(-DCMAKE_BUILD_TYPE=Release -DBSK_LEAN=ON -DBSK_BUILD_TESTS=OFF -DBSK_ATTN_PROFILE=ON
+        -DBSK_PYTHON_MODULE_DIR="$PWD/$PB/pkg/blackwell_sparsek" -DPython_EXECUTABLE="$(command -v $PY)")
+  [[ -f .deps/cutlass/cute/tensor.hpp ]] && args+=(-DBSK_CUTLASS_DIR="$PWD/.deps/cutlass")
+  if cmake -S . -B "$PB" -G Ninja "${args[@]}" > "$OUT/phases_configure.log" 2>&1 &&
+     cmake --build "$PB" -j "$JOBS" > "$OUT/phases_build.log" 2>&1; then
+    log "phases build ok ($(( $(date +%s) - t0 )) s)"
+    for c in dense_causal sparsek dense; do
+      PYTHONPATH="$PWD/$PB/pkg:$PWD/bench" timeout $T $PY scripts/attn_phases.py run $c \
+        > "$OUT/phases_$c.log" 2>&1 || { status=1; log "PHASES $c FAILED"; tail -n 5 "$OUT/phases_$c.log"; }
+    done
+    $PY scripts/attn_phases.py summarize "$OUT"/phases_*.log > "$OUT/phases.md" 2>&1
+    log "phases done ($(( $(date +%s) - t0 )) s)"
+  else
+    status=1; log "PHASES BUILD FAILED"; tail -n 30 "$OUT/phases_build.log" "$OUT/phases_configure.log"
   fi
 fi
 

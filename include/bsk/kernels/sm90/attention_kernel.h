@@ -16,6 +16,7 @@
 #include "bsk/kernels/sm90/kv_iterator.h"
 #include "bsk/kernels/sm90/mainloop_producer.h"
 #include "bsk/kernels/sm90/mask_hook.h"
+#include "bsk/kernels/sm90/phase_clock.h"
 #include "bsk/kernels/sm90/softmax.h"
 #include "bsk/kernels/sm90/tile_scheduler.h"
 #include "kernels/kernels.h"
@@ -117,6 +118,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     using Producer = CpAsyncProducer<Traits>;
     const int64_t u_stride = Mode::score_row_stride(params);
+    PhaseClock pc;
+    if constexpr (kPhaseClock) pc.init(sm.prof[0], tid == 0);
     int g = 0, w = 0;
     for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
       // Issued now, used after this tile's loads: the atomic's latency hides behind them.
@@ -138,7 +141,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // The Q buffer is free once both consumers have issued and finished their last
         // S = Q K^T of the previous work tile (they are then still in its softmax, last P V and
         // epilogue, which this load overlaps).
+        pc.lap(0);
         if (w > 0) Barrier::wait(&sm.bar_q_empty, (w - 1) & 1);
+        pc.lap(1);
         // Q as two 64-row blocks (one per consumer warpgroup), each a contiguous tile.
         auto sQ0 = make_tensor(make_smem_ptr(sm.q), typename Traits::SmemLayoutQ{});
         auto sQ1 =
@@ -162,6 +167,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       // that gate every S = Q K^T); in this order K waits only for the S two tiles back. One
       // loop body serves both tensors, so their address arithmetic is not duplicated.
       const int n_tiles = it.num_tiles;
+      pc.lap(2);
 #pragma unroll 1
       for (int e = 0; e < 2 * n_tiles; ++e) {
         const bool is_v = e > 0 && (e == 2 * n_tiles - 1 || (e & 1) == 0);
@@ -178,7 +184,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         const bool meta_ok = kMeta && !is_v && t.gathered && tid < t.count;
         const int32_t jm = meta_ok ? __ldg(t.list + tid) : 0;
         const float um = meta_ok ? __ldg(ub + int64_t(jm) * u_stride) : 0.f;
+        pc.lap(3);
         if (round > 0) Barrier::wait(&(is_v ? sm.bar_empty_v : sm.bar_empty_k)[s], (round - 1) & 1);
+        pc.lap(is_v ? 5 : 4);
         auto sX = make_tensor(make_smem_ptr(is_v ? sm.v : sm.k), typename Traits::SmemLayoutKV{});
         auto dst = [&](int r, int c) -> Element& { return sX(r, c, s); };
         const Element* xb = is_v ? vb : kb;
@@ -188,6 +196,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         else
           Producer::load_contiguous(dst, tid, xb, x_stride, t.start, t.count);
         cutlass::arch::cpasync_barrier_arrive_noinc(&(is_v ? sm.bar_v : sm.bar_k)[s]);
+        pc.lap(6);
         if constexpr (kMeta) {
           if (!is_v) {
             // After the K copies are on their way: the rows that reach this key's score, then
@@ -201,9 +210,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
               sm.key_u[slot][tid] = isfinite(um) ? um : 0.f;
             }
             Barrier::arrive(&sm.bar_meta_full[slot]);
+            pc.lap(7);
           }
         }
       }
+      pc.count(9, n_tiles);
       g += n_tiles;
       if (tid == 0) {
         // Every processed tile takes one value, so the grid takes 0 .. num_tiles - 1 in all;
@@ -213,6 +224,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         Barrier::arrive(&sm.bar_tile[w & 1]);
       }
       wt = next_tile(w);
+      pc.lap(8);
       // All producer threads have read the word before thread 0 rewrites it two tiles on.
       asm volatile("bar.sync 1, 128;\n" ::: "memory");
     }
@@ -278,6 +290,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     };
     auto release_all = [&](uint64_t* bar) { Barrier::arrive(bar); };  // every thread arrives
 
+    PhaseClock pc;
+    if constexpr (kPhaseClock) pc.init(sm.prof[wg], ctid == 0);
     int g = 0, w = 0;
     for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
       const TileCoord tc = sched.coord(wt);
@@ -293,17 +307,23 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       auto softmax_tile = [&](const KvTile& t, int gk, float(&corr)[2]) {
         warpgroup_fence_operand(tSrS);
         const int slot = gk % kMetaSlots;
+        pc.lap(7);
         if constexpr (kMeta) {
           if (t.gathered) Barrier::wait(&sm.bar_meta_full[slot], (gk / kMetaSlots) & 1);
         }
+        pc.lap(4);
         hook.mask(tSrS, t, slot, col0);
         softmax.step(tSrS, corr);
         hook.gate(tSrS, t, slot, col0);
         if constexpr (kMeta) release_all(&sm.bar_meta_empty[slot]);
+        pc.lap(5);
       };
 
+      pc.lap(9);
       Barrier::wait(&sm.bar_q, w & 1);
+      pc.lap(0);
       const int n = it.num_tiles;
+      pc.count(10, n);
       if (n == 0) {
         release_all(&sm.bar_q_empty);
       } else {
@@ -314,8 +334,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         {
           const int s = g % kStages;
           Barrier::wait(&sm.bar_k[s], (g / kStages) & 1);
+          pc.lap(1);
           issue_qk(tSrS, s);
           warpgroup_wait<0>();
+          pc.lap(3);
           // K is consumed once S is in registers (the hook's metadata has its own ring), and
           // Q too when this is the work tile's only KV tile.
           release(&sm.bar_empty_k[s]);
@@ -326,24 +348,34 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         for (int i = 1; i < n; ++i) {
           const int gi = g + i, s = gi % kStages, sp = (gi - 1) % kStages;
           t = it.tile(i);
+          pc.lap(7);
           Barrier::wait(&sm.bar_k[s], (gi / kStages) & 1);
+          pc.lap(1);
           issue_qk(tSrS, s);
+          pc.lap(7);
           Barrier::wait(&sm.bar_v[sp], ((gi - 1) / kStages) & 1);
+          pc.lap(2);
           issue_pv(rP, sp);
+          pc.lap(7);
           warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
+          pc.lap(3);
           release(&sm.bar_empty_k[s]);
           if (i == n - 1) release_all(&sm.bar_q_empty);
           softmax_tile(t, gi, corr);
           warpgroup_wait<0>();  // P V of tile i - 1 done: O and rP may be touched again
+          pc.lap(6);
           warpgroup_fence_operand(tOrO);
           release(&sm.bar_empty_v[sp]);
           rescale_o(corr);
           to_element(rP, tSrS);
         }
         const int gl = g + n - 1, sl = gl % kStages;
+        pc.lap(7);
         Barrier::wait(&sm.bar_v[sl], (gl / kStages) & 1);
+        pc.lap(2);
         issue_pv(rP, sl);
         warpgroup_wait<0>();
+        pc.lap(6);
         warpgroup_fence_operand(tOrO);
         release(&sm.bar_empty_v[sl]);
         g += n;
@@ -356,8 +388,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
       DirectEpilogue<Element, kD>::store(tOrO, inv, lse, nan_row, ob, a.o_stride[1], lb,
                                          int64_t(m) * kBlockM + row_in_cta0, a.seqlen_q, lane);
+      pc.lap(8);
+      pc.count(11);
       wt = next_tile(w);
     }
+  }
+  if constexpr (kPhaseClock) {
+    __syncthreads();
+    if (tid == 0)
+      for (int r = 0; r < 3; ++r) {
+        const unsigned* c = sm.prof[r];
+        printf("BSKPROF %d %d %u %u %u %u %u %u %u %u %u %u %u %u\n", int(blockIdx.x), r, c[0],
+               c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]);
+      }
   }
 }
 

@@ -94,6 +94,9 @@ struct AttnTraits {
     uint64_t bar_v[kStages];
     uint64_t bar_empty_k[kStages];  // K stage consumed (after S = Q K^T)
     uint64_t bar_empty_v[kStages];  // V stage consumed (after O += P V)
+#if defined(BSK_ATTN_PROFILE)
+    unsigned prof[3][12];  // phase_clock.h: per warpgroup
+#endif
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;  // + alignment slack
 };

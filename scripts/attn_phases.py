@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Where the attention kernel's time goes, per warpgroup role (a development tool).
+
+Needs the extension built with -DBSK_ATTN_PROFILE=ON (scripts/gpu_run.sh step `phases`): the
+kernel then prints, per CTA, the cycles one thread of each warpgroup spent in each phase.
+  attn_phases.py run CASE      CASE: dense | dense_causal | sparsek (seed shape; 2 launches)
+  attn_phases.py summarize LOG...   one table per log (the last launch's lines of each CTA)
+"""
+import collections
+import sys
+
+PRODUCER = ["work-tile header", "Q-empty wait", "Q issue + row thresholds", "index loads",
+            "K-empty wait", "V-empty wait", "copy issue", "metadata (search, slot)",
+            "next-tile wait"]
+CONSUMER = ["Q wait", "K wait", "V wait", "S = QK^T wait", "metadata wait",
+            "mask + softmax + gate", "P V wait", "issue, rescale, convert",
+            "finish + epilogue", "next tile + setup"]
+
+
+def run(case):
+    import torch
+    from blackwell_sparsek import _C
+    B, H, S, D = 16, 96, 4096, 128
+    q = torch.randn(B, S, H, D, device="cuda", dtype=torch.float16)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    u = torch.randn(B, S, H, device="cuda") + 0.001 * torch.arange(S, device="cuda")[None, :, None]
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, S, device="cuda")
+    st = torch.cuda.current_stream().cuda_stream
+    for _ in range(2):
+        if case == "sparsek":
+            _C.sparsek_attention_fwd(q, k, v, u, out, lse, 256, 256, None, st)
+        else:
+            _C.attention_fwd(q, k, v, out, lse, case == "dense_causal", None, st)
+        torch.cuda.synchronize()
+
+
+def summarize(path):
+    last = {}
+    for line in open(path, errors="replace"):
+        f = line.split()
+        if len(f) == 15 and f[0] == "BSKPROF":
+            last[(int(f[1]), int(f[2]))] = [int(x) for x in f[3:]]
+    if not last:
+        print(f"{path}: no BSKPROF lines")
+        return
+    ctas = sorted({c for c, _ in last})
+    print(f"## {path}: {len(ctas)} CTAs (per-CTA means; cycles)")
+    for role, names in ((0, PRODUCER), (1, CONSUMER), (2, CONSUMER)):
+        rows = [last[(c, role)] for c in ctas if (c, role) in last]
+        mean = [sum(r[i] for r in rows) / len(rows) for i in range(12)]
+        nslots = len(names)
+        total = sum(mean[:nslots])
+        if role == 0:
+            tiles = mean[9]
+            wts = None
+        else:
+            tiles, wts = mean[10], mean[11]
+        print(f"\n### {'producer' if role == 0 else f'consumer warpgroup {role}'}: "
+              f"{total / 1e6:.2f} M cycles, {tiles:.0f} KV tiles"
+              + (f", {wts:.0f} work tiles" if wts else ""))
+        print("| phase | cycles | % | per KV tile |")
+        print("|---|---|---|---|")
+        for i, n in enumerate(names):
+            print(f"| {n} | {mean[i] / 1e6:.3f} M | {100 * mean[i] / max(total, 1):.1f} | "
+                  f"{mean[i] / max(tiles, 1):.0f} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "run":
+        run(sys.argv[2])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "summarize":
+        for p in sys.argv[2:]:
+            summarize(p)
+    else:
+        sys.exit(__doc__)
