@@ -312,9 +312,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           if (t.gathered) Barrier::wait(&sm.bar_meta_full[slot], (gk / kMetaSlots) & 1);
         }
         pc.lap(4);
-        hook.mask(tSrS, t, slot, col0);
-        softmax.step(tSrS, corr);
-        hook.gate(tSrS, t, slot, col0);
+        // Every tile has a key (count >= 1), so the branch is always taken: it only makes the
+        // softmax a basic block of its own. Without it ptxas hoisted the wait for the previous
+        // tile's P V (which follows the softmax) above the softmax, serialising the two.
+        if (t.count > 0) {
+          hook.mask(tSrS, t, slot, col0);
+          softmax.step(tSrS, corr);
+          hook.gate(tSrS, t, slot, col0);
+        }
         if constexpr (kMeta) release_all(&sm.bar_meta_empty[slot]);
         pc.lap(5);
       };
@@ -394,13 +399,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     }
   }
   if constexpr (kPhaseClock) {
+#if defined(BSK_ATTN_PROFILE)
     __syncthreads();
-    if (tid == 0)
-      for (int r = 0; r < 3; ++r) {
-        const unsigned* c = sm.prof[r];
-        printf("BSKPROF %d %d %u %u %u %u %u %u %u %u %u %u %u %u\n", int(blockIdx.x), r, c[0],
-               c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]);
-      }
+    if (tid < 3 * kPhaseSlots && blockIdx.x < kPhaseMaxCtas)
+      g_phase_clock[blockIdx.x][tid / kPhaseSlots][tid % kPhaseSlots] =
+          sm.prof[tid / kPhaseSlots][tid % kPhaseSlots];
+#endif
   }
 }
 
@@ -438,6 +442,9 @@ void launch_attention_fwd(const typename ModeT<Traits>::Params& params,
   err = cudaGetLastError();
   if (err != cudaSuccess)
     throw CudaError(std::string("attention kernel launch failed: ") + cudaGetErrorString(err));
+#if defined(BSK_ATTN_PROFILE)
+  phase_clock_print<<<1, 1, 0, static_cast<cudaStream_t>(a.stream)>>>(sched.grid(num_sms));
+#endif
 }
 
 }  // namespace bsk::sm90

@@ -1,8 +1,12 @@
 // Development aid: with -DBSK_ATTN_PROFILE (CMake option BSK_ATTN_PROFILE) the attention kernel
 // adds up, per CTA, the SM cycles one thread of each warpgroup spends in each phase of its loop
-// (waits, GEMM waits, softmax, epilogue, ...) and prints them at its end; scripts/attn_phases.py
-// runs and summarises it. Without the macro every call compiles to nothing.
+// (waits, GEMM waits, softmax, epilogue, ...), copies them to g_phase_clock at its end, and the
+// launcher prints them from a separate kernel (a printf call inside the attention kernel makes
+// ptxas serialise every WGMMA). scripts/attn_phases.py runs and summarises it. Without the macro
+// every call compiles to nothing.
 #pragma once
+
+#include <cstdio>
 
 namespace bsk::sm90 {
 
@@ -12,6 +16,20 @@ inline constexpr bool kPhaseClock = true;
 inline constexpr bool kPhaseClock = false;
 #endif
 inline constexpr int kPhaseSlots = 12;
+inline constexpr int kPhaseMaxCtas = 1024;
+
+#if defined(BSK_ATTN_PROFILE)
+static __device__ unsigned g_phase_clock[kPhaseMaxCtas][3][kPhaseSlots];
+
+static __global__ void phase_clock_print(int ctas) {
+  for (int c = 0; c < ctas && c < kPhaseMaxCtas; ++c)
+    for (int r = 0; r < 3; ++r) {
+      const unsigned* v = g_phase_clock[c][r];
+      printf("BSKPROF %d %d %u %u %u %u %u %u %u %u %u %u %u %u\n", c, r, v[0], v[1], v[2], v[3],
+             v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11]);
+    }
+}
+#endif
 
 struct PhaseClock {
   unsigned* acc = nullptr;  // kPhaseSlots counters in shared memory (this warpgroup's)
