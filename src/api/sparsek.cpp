@@ -51,7 +51,8 @@ std::size_t align_up(std::size_t x) {
 // selection kernel's own workspace.
 struct FwdWorkspace {
   std::size_t off_tau = 0, off_theta_val = 0, off_theta_idx = 0, off_n_active = 0;
-  std::size_t off_union = 0, off_union_cnt = 0, off_select = 0, total = 0;
+  std::size_t off_union = 0, off_union_rows = 0, off_union_u = 0, off_union_cnt = 0;
+  std::size_t off_select = 0, total = 0;
   int tile_q = 128;
   int64_t n_tiles = 0, union_cap = 0;
 };
@@ -88,6 +89,8 @@ FwdWorkspace plan_workspace(const kernels::SelectParams& sp, int64_t head_dim) {
   w.off_n_active = take(per_q * 4);
   std::size_t tiles = static_cast<std::size_t>(sp.batch * sp.num_heads_kv * w.n_tiles);
   w.off_union = take(tiles * static_cast<std::size_t>(w.union_cap) * 4);
+  w.off_union_rows = take(tiles * static_cast<std::size_t>(w.union_cap) * 4);
+  w.off_union_u = take(tiles * static_cast<std::size_t>(w.union_cap) * 4);
   w.off_union_cnt = take(tiles * 4);
   kernels::SelectParams probe = sp;
   probe.tile_q = w.tile_q;
@@ -218,6 +221,8 @@ void sparsek_attention_fwd(const SparseKFwdArgs& a) {
   sp.theta_idx = reinterpret_cast<int32_t*>(base + w.off_theta_idx);
   sp.n_active = reinterpret_cast<int32_t*>(base + w.off_n_active);
   sp.union_idx = reinterpret_cast<int32_t*>(base + w.off_union);
+  sp.union_rows = reinterpret_cast<int32_t*>(base + w.off_union_rows);
+  sp.union_u = reinterpret_cast<float*>(base + w.off_union_u);
   sp.union_cnt = reinterpret_cast<int32_t*>(base + w.off_union_cnt);
   sp.tile_q = w.tile_q;
   sp.union_cap = w.union_cap;
@@ -237,6 +242,8 @@ void sparsek_attention_fwd(const SparseKFwdArgs& a) {
   p.theta_val = sp.theta_val;
   p.theta_idx = sp.theta_idx;
   p.union_idx = sp.union_idx;
+  p.union_rows = sp.union_rows;
+  p.union_u = sp.union_u;
   p.union_cnt = sp.union_cnt;
   p.tile_q = w.tile_q;
   p.union_cap = w.union_cap;

@@ -33,7 +33,11 @@ struct AttnFwdParams {
 // tile t covers query rows [t*tile_q, min(Sq, (t+1)*tile_q)); union_idx [B,Hkv,n_tiles,union_cap]
 // int32 holds, sorted ascending, every key j that is in Sel_p for at least one p of the tile
 // (window keys are not included: the attention kernel visits the window range separately);
-// union_cnt [B,Hkv,n_tiles] int32 its length (<= min(k_select + tile_q, Sk)).
+// union_cnt [B,Hkv,n_tiles] int32 its length (<= min(k_select + tile_q, Sk)). With union_rows
+// and union_u (same shape as union_idx; tile_q must be 128): per union key j, the number of the
+// tile's rows p (a prefix, theta_p being non-decreasing) with (u_j, j) >= theta_p, counting
+// rows where every candidate is selected and not counting NaN rows or rows past Sq, and u_j
+// (0 where not finite).
 struct SelectParams {
   const float* scores = nullptr;
   int64_t batch = 0, seqlen_k = 0, num_heads_kv = 0, seqlen_q = 0;
@@ -44,6 +48,8 @@ struct SelectParams {
   int32_t* theta_idx = nullptr;
   int32_t* n_active = nullptr;
   int32_t* union_idx = nullptr;
+  int32_t* union_rows = nullptr;
+  float* union_u = nullptr;
   int32_t* union_cnt = nullptr;
   int tile_q = 128;
   int64_t union_cap = 0;
@@ -60,8 +66,10 @@ struct SparseKFwdParams {
   const float* tau = nullptr;        // [B,Hkv,Sq]
   const float* theta_val = nullptr;  // [B,Hkv,Sq]
   const int32_t* theta_idx = nullptr;
-  const int32_t* union_idx = nullptr;  // [B,Hkv,n_tiles,union_cap]
-  const int32_t* union_cnt = nullptr;  // [B,Hkv,n_tiles]
+  const int32_t* union_idx = nullptr;   // [B,Hkv,n_tiles,union_cap]
+  const int32_t* union_rows = nullptr;  // [B,Hkv,n_tiles,union_cap] (SelectParams)
+  const float* union_u = nullptr;       // [B,Hkv,n_tiles,union_cap]
+  const int32_t* union_cnt = nullptr;   // [B,Hkv,n_tiles]
   int tile_q = 128;
   int64_t union_cap = 0;
 };

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -149,7 +150,8 @@ std::string name(const Case& c) {
 
 struct Result {
   std::vector<float> tau, theta_val;
-  std::vector<int32_t> theta_idx, n_active, uidx, ucnt;
+  std::vector<int32_t> theta_idx, n_active, uidx, ucnt, urows;
+  std::vector<float> uu;
   int64_t n_tiles = 0, cap = 0;
   float ms = 0;  // median time of one selection (timing runs only)
 };
@@ -167,6 +169,10 @@ Result run_kernel(const Case& c, const std::vector<float>& u, int timing_reps = 
   const std::size_t tiles = static_cast<std::size_t>(c.B * c.H * r.n_tiles);
   DevBuf<int32_t> uidx(c.with_union ? tiles * static_cast<std::size_t>(r.cap) : 0);
   DevBuf<int32_t> ucnt(c.with_union ? tiles : 0);
+  // Row counts and scores of the union keys: for 128-query tiles (the attention kernel's).
+  const bool with_rows = c.with_union && c.tile_q == 128;
+  DevBuf<int32_t> urows(with_rows ? tiles * static_cast<std::size_t>(r.cap) : 0);
+  DevBuf<float> uu(with_rows ? tiles * static_cast<std::size_t>(r.cap) : 0);
   bsk::kernels::SelectParams p;
   p.scores = du.p;
   p.batch = c.B;
@@ -184,6 +190,8 @@ Result run_kernel(const Case& c, const std::vector<float>& u, int timing_reps = 
   p.n_active = na.p;
   p.union_idx = c.with_union ? uidx.p : nullptr;
   p.union_cnt = c.with_union ? ucnt.p : nullptr;
+  p.union_rows = with_rows ? urows.p : nullptr;
+  p.union_u = with_rows ? uu.p : nullptr;
   p.tile_q = c.tile_q;
   p.union_cap = r.cap;
   const std::size_t ws_bytes = bsk::kernels::select_workspace_bytes(p);
@@ -195,6 +203,8 @@ Result run_kernel(const Case& c, const std::vector<float>& u, int timing_reps = 
   na.poison();
   uidx.poison();
   ucnt.poison();
+  urows.poison();
+  uu.poison();
   bsk::kernels::sparsek_select(p);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << name(c);
   if (timing_reps > 0) {
@@ -222,7 +232,20 @@ Result run_kernel(const Case& c, const std::vector<float>& u, int timing_reps = 
   r.n_active = na.get();
   r.uidx = uidx.get();
   r.ucnt = ucnt.get();
+  r.urows = urows.get();
+  r.uu = uu.get();
   return r;
+}
+
+// The kernels' (value, index) order key (sparsek_order_key.h): -0 as +0, NaN as the GPU's
+// canonical NaN, negative values reversed, above the index.
+uint64_t order_key(float x, int32_t j) {
+  uint32_t b;
+  const float c = std::isnan(x) ? std::numeric_limits<float>::quiet_NaN() : x + 0.f;
+  std::memcpy(&b, &c, 4);
+  if (std::isnan(x)) b = 0x7fffffffu;
+  b ^= (b >> 31) ? 0xffffffffu : 0x80000000u;
+  return (uint64_t{b} << 32) | static_cast<uint32_t>(j);
 }
 
 // Compares heads [h_from, h_to) of batch 0.. against the reference. Returns #mismatches.
@@ -296,6 +319,35 @@ int compare(const Case& c, const std::vector<float>& u, const Result& r) {
       if (got != want)
         fail("bh=" + std::to_string(bh) + " tile " + std::to_string(t) + ": union of " +
              std::to_string(cnt) + " keys vs " + std::to_string(want.size()));
+      if (r.urows.empty() || got != want) continue;
+      // Per union key: the tile's rows whose threshold order key it reaches (rows past Sq and
+      // NaN rows never, rows selecting every candidate always), and its score (0 if not finite).
+      for (std::size_t e = 0; e < got.size(); ++e) {
+        const int j = got[e];
+        const float x = u[(b * c.Sk + j) * (c.H + c.pad) + h];
+        const uint64_t kj = order_key(x, j);
+        int want_rows = 0;
+        for (int64_t i = t * 128; i < std::min(c.Sq, (t + 1) * 128); ++i) {
+          const auto& q = info[static_cast<std::size_t>(bh * c.Sq + i)];
+          uint64_t kr;
+          if (std::isnan(q.tau))
+            kr = ~uint64_t{0};
+          else if (q.tau == -std::numeric_limits<double>::infinity())
+            kr = 0;
+          else
+            kr = order_key(static_cast<float>(q.theta_val), static_cast<int32_t>(q.theta_idx));
+          want_rows += kr <= kj;
+        }
+        const std::size_t at = static_cast<std::size_t>((bh * nt + t) * r.cap) + e;
+        if (r.urows[at] != want_rows)
+          fail("bh=" + std::to_string(bh) + " tile " + std::to_string(t) + " key " +
+               std::to_string(j) + ": rows " + std::to_string(r.urows[at]) + " vs " +
+               std::to_string(want_rows));
+        const float wu = std::isfinite(x) ? x : 0.f;
+        if (std::memcmp(&r.uu[at], &wu, 4) != 0)
+          fail("bh=" + std::to_string(bh) + " key " + std::to_string(j) + ": score " +
+               std::to_string(r.uu[at]) + " vs " + std::to_string(wu));
+      }
     }
   }
   return bad;

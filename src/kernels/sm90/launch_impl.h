@@ -17,6 +17,11 @@ void run_dense_fwd(const kernels::AttnFwdParams& p) {
 template <class Element, int kHeadDim>
 void run_sparsek_fwd(const kernels::SparseKFwdParams& p) {
   static_assert(FwdTraits<Element, kHeadDim>::kBlockM == 128, "union tiles are 128 queries");
+  if (p.tile_q != 128 || p.union_idx == nullptr || p.union_rows == nullptr ||
+      p.union_u == nullptr || p.union_cnt == nullptr)
+    throw CudaError(
+        "sparsek_attention_fwd kernel: needs the selection's 128-query tile unions with their "
+        "row counts and scores (union_idx, union_rows, union_u, union_cnt)");
   launch_attention_fwd<FwdTraits<Element, kHeadDim>, SparseKMode>(p, p.attn);
 }
 

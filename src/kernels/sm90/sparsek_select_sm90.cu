@@ -49,6 +49,7 @@
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <string>
 
+#include "bsk/kernels/sm90/sparsek_order_key.h"
 #include "bsk/kernels/sm90/sparsek_select_core.h"
 #include "kernels/kernels.h"
 
@@ -101,6 +102,8 @@ struct KArgs {
   int32_t* theta_idx = nullptr;
   int32_t* n_active = nullptr;
   int32_t* union_idx = nullptr;
+  int32_t* union_rows = nullptr;
+  float* union_u = nullptr;
   int32_t* union_cnt = nullptr;
   int tile_q = 1, n_tiles = 0;
   int64_t union_cap = 0;
@@ -355,6 +358,14 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   // --- 5. Unions. Warp w handles tiles [t0, t1); tile t = the keys of tile t - 1 still selected
   //        somewhere in t, then the keys j in [Lb(t-1), Lb(t)) selected somewhere in t.
   const int64_t cap = a.union_cap;
+  // Per union key (u_j, j): n_j, the number of the tile's rows whose threshold it reaches (a
+  // prefix of the rows, found by binary search over the rows' threshold keys), and u_j (0 where
+  // not finite), which the attention kernel's mask and gate read. Needs tile_q == kRowsPerTile.
+  constexpr int kRowsPerTile = 128;
+  const bool want_rows = a.union_rows != nullptr && a.tile_q == kRowsPerTile;
+  const float* ub = a.scores + static_cast<int64_t>(bh / a.hkv) * a.s_b +
+                    static_cast<int64_t>(bh % a.hkv) * a.s_h;
+  const int64_t q0 = static_cast<int64_t>(bh) * a.sq;
   const int t0 = static_cast<int>(static_cast<int64_t>(warp) * a.n_tiles / nwarps);
   const int t1 = static_cast<int>(static_cast<int64_t>(warp + 1) * a.n_tiles / nwarps);
   int32_t* buf = ubuf != nullptr ? ubuf + static_cast<int64_t>(warp) * cap : nullptr;
@@ -363,7 +374,14 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   for (int t = t0; t < t1; ++t) {
     const int64_t la = plan.row_L(static_cast<int64_t>(t) * a.tile_q);
     const int64_t lb = plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
-    int32_t* out = a.union_idx + (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
+    const int64_t tile_at = (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
+    int32_t* out = a.union_idx + tile_at;
+    const int64_t row0 = static_cast<int64_t>(t) * a.tile_q;
+    auto row_key = [&](int r) -> uint64_t {
+      const int64_t i = row0 + r;
+      if (i >= a.sq) return ~uint64_t(0);
+      return sm90::row_theta_key(a.tau[q0 + i], a.theta_val[q0 + i], a.theta_idx[q0 + i]);
+    };
     int newcnt = 0;
     auto emit = [&](bool pred, int j) {
       const unsigned m = __ballot_sync(0xffffffffu, pred);
@@ -371,6 +389,12 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
       if (pred && at < cap) {
         out[at] = j;
         if (buf) buf[at] = j;
+        if (want_rows) {
+          const float uj = ub[static_cast<int64_t>(j) * a.s_s];
+          a.union_rows[tile_at + at] =
+              sm90::rows_reaching<kRowsPerTile>(row_key, sm90::score_order_key(uj, j));
+          a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
+        }
       }
       newcnt += __popc(m);
     };
@@ -660,6 +684,8 @@ KArgs base_args(const SelectParams& p) {
   a.theta_idx = p.theta_idx;
   a.n_active = p.n_active;
   a.union_idx = p.union_idx;
+  a.union_rows = p.union_rows;
+  a.union_u = p.union_u;
   a.union_cnt = p.union_cnt;
   a.tile_q = std::max(p.tile_q, 1);
   a.n_tiles = static_cast<int>((p.seqlen_q + a.tile_q - 1) / a.tile_q);

@@ -35,8 +35,6 @@ struct DenseMode {
                               const typename Traits::SharedStorage*) {
     return Hook(p, m, row0, Traits::kBlockM);
   }
-  __device__ static const float* scores_bh(const Params&, int, int) { return nullptr; }
-  __device__ static int64_t score_row_stride(const Params&) { return 0; }
 };
 
 template <class Traits>
@@ -53,10 +51,6 @@ struct SparseKMode {
                               const typename Traits::SharedStorage* sm) {
     return Hook(p, m, row0, Traits::kBlockM, b, hkv, sm);
   }
-  __device__ static const float* scores_bh(const Params& p, int b, int hkv) {
-    return p.scores + b * p.score_stride[0] + hkv * p.score_stride[2];
-  }
-  __device__ static int64_t score_row_stride(const Params& p) { return p.score_stride[1]; }
 };
 
 template <class Traits, template <class> class ModeT>
@@ -117,7 +111,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // ---------------- producer warpgroup ----------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     using Producer = CpAsyncProducer<Traits>;
-    const int64_t u_stride = Mode::score_row_stride(params);
     PhaseClock pc;
     if constexpr (kPhaseClock) pc.init(sm.prof[0], tid == 0);
     int g = 0, w = 0;
@@ -133,10 +126,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           static_cast<const Element*>(a.k) + b * a.k_stride[0] + hkv * a.k_stride[2];
       const Element* vb =
           static_cast<const Element*>(a.v) + b * a.v_stride[0] + hkv * a.v_stride[2];
-      const float* ub = Mode::scores_bh(params, b, hkv);
       const int64_t row0 = int64_t(m) * kBlockM;
-      uint64_t row_key = 0;  // SparseK: this thread's CTA row's threshold (loads issued here)
-      if constexpr (kMeta) row_key = sparsek_row_theta_key(params, row0 + tid, b, hkv);
       {
         // The Q buffer is free once both consumers have issued and finished their last
         // S = Q K^T of the previous work tile (they are then still in its softmax, last P V and
@@ -155,12 +145,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
             sQ1, tid, qb, a.q_stride[1], row0 + Traits::kWgRows, rows - Traits::kWgRows);
         cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q);
       }
-      if constexpr (kMeta) {
-        // Every producer thread searches all rows' thresholds below. The previous work tile's
-        // searches are done: the producer threads passed the barrier after its next-tile read.
-        sm.row_theta[tid] = row_key;
-        asm volatile("bar.sync 1, 128;\n" ::: "memory");
-      }
       // K runs one tile ahead of V: the loads go K0, K1, V0, K2, V1, ..., V(n-1). V's stage
       // frees only after the P V two tiles back, so with K and V of a tile loaded together the
       // next K could not start before that wait either (one tile of lookahead for the loads
@@ -175,16 +159,34 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         const int gi = g + ti, s = gi % kStages, round = gi / kStages;
         const int slot = gi % kMetaSlots, mround = gi / kMetaSlots;
         const KvTile t = it.tile(ti);
-        // The tile's key indices (and each gathered row's own index for its score) are loaded
-        // before the wait for a free stage, so their latency hides behind it.
         int32_t keys[Producer::kKeysPerThread];
-        if (t.gathered) Producer::fetch_keys(t, tid, keys);
-        // SparseK metadata (with K): one key per producer thread (kBlockN = 128 rows per tile).
-        static_assert(!kMeta || kBlockN == 128, "one metadata key per producer thread");
-        const bool meta_ok = kMeta && !is_v && t.gathered && tid < t.count;
-        const int32_t jm = meta_ok ? __ldg(t.list + tid) : 0;
-        const float um = meta_ok ? __ldg(ub + int64_t(jm) * u_stride) : 0.f;
-        pc.lap(3);
+        if constexpr (kMeta) {
+          if (!is_v) {
+            // The gathered tile's key metadata, one key per producer thread (kBlockN = 128):
+            // (j, n_j, u_j) as the selection kernel left them with the tile's union, into the
+            // slot once its previous tile's readers are done; released by a plain arrive.
+            static_assert(!kMeta || kBlockN == 128, "one metadata key per producer thread");
+            const bool meta_ok = t.gathered && tid < t.count;
+            const int32_t jm = meta_ok ? __ldg(t.list + tid) : INT32_MAX;
+            const int32_t nm = meta_ok ? __ldg(t.rows + tid) : 0;
+            const float um = meta_ok ? __ldg(t.u + tid) : 0.f;
+            pc.lap(3);
+            if (mround > 0) Barrier::wait(&sm.bar_meta_empty[slot], (mround - 1) & 1);
+            if (t.gathered) {
+              // Every producer thread is past its reads of the slot's previous tile's keys.
+              asm volatile("bar.sync 1, 128;\n" ::: "memory");
+              sm.key_idx[slot][tid] = jm;
+              sm.key_rows[slot][tid] = nm;
+              sm.key_u[slot][tid] = um;
+              // The producer threads read each other's key indices below (and for V).
+              asm volatile("bar.sync 1, 128;\n" ::: "memory");
+            }
+            Barrier::arrive(&sm.bar_meta_full[slot]);
+            pc.lap(7);
+          }
+          // A gathered tile's rows, for K and (one step later) V, from the slot's key indices.
+          if (t.gathered) Producer::slot_keys(sm.key_idx[slot], tid, keys);
+        }
         if (round > 0) Barrier::wait(&(is_v ? sm.bar_empty_v : sm.bar_empty_k)[s], (round - 1) & 1);
         pc.lap(is_v ? 5 : 4);
         auto sX = make_tensor(make_smem_ptr(is_v ? sm.v : sm.k), typename Traits::SmemLayoutKV{});
@@ -197,22 +199,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           Producer::load_contiguous(dst, tid, xb, x_stride, t.start, t.count);
         cutlass::arch::cpasync_barrier_arrive_noinc(&(is_v ? sm.bar_v : sm.bar_k)[s]);
         pc.lap(6);
-        if constexpr (kMeta) {
-          if (!is_v) {
-            // After the K copies are on their way: the rows that reach this key's score, then
-            // the slot (once its previous tile's readers are done), released by a plain arrive.
-            const int nrows =
-                meta_ok ? rows_reaching<kBlockM>(sm.row_theta, score_order_key(um, jm)) : 0;
-            if (mround > 0) Barrier::wait(&sm.bar_meta_empty[slot], (mround - 1) & 1);
-            if (t.gathered) {
-              sm.key_idx[slot][tid] = meta_ok ? jm : INT32_MAX;
-              sm.key_rows[slot][tid] = nrows;
-              sm.key_u[slot][tid] = isfinite(um) ? um : 0.f;
-            }
-            Barrier::arrive(&sm.bar_meta_full[slot]);
-            pc.lap(7);
-          }
-        }
       }
       pc.count(9, n_tiles);
       g += n_tiles;
@@ -312,14 +298,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           if (t.gathered) Barrier::wait(&sm.bar_meta_full[slot], (gk / kMetaSlots) & 1);
         }
         pc.lap(4);
-        // Every tile has a key (count >= 1), so the branch is always taken: it only makes the
-        // softmax a basic block of its own. Without it ptxas hoisted the wait for the previous
-        // tile's P V (which follows the softmax) above the softmax, serialising the two.
-        if (t.count > 0) {
-          hook.mask(tSrS, t, slot, col0);
-          softmax.step(tSrS, corr);
-          hook.gate(tSrS, t, slot, col0);
-        }
+        // (Dense: ptxas places the wait for the previous tile's P V, which follows, above this
+        // softmax, so the two warpgroups alternate GEMM and softmax phases by themselves.
+        // Forcing the softmax under the P V with a branch around it measured 4-6% slower.)
+        hook.mask(tSrS, t, slot, col0);
+        softmax.step(tSrS, corr);
+        hook.gate(tSrS, t, slot, col0);
         if constexpr (kMeta) release_all(&sm.bar_meta_empty[slot]);
         pc.lap(5);
       };

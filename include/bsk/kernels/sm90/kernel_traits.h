@@ -80,10 +80,6 @@ struct AttnTraits {
     int32_t key_idx[kMetaSlots][kBlockN];   // key index j (INT32_MAX past the tile's end)
     int32_t key_rows[kMetaSlots][kBlockN];  // rows 0 .. n-1 of the CTA select j by score
     float key_u[kMetaSlots][kBlockN];       // score u_j (0 where not finite), for the gate
-    // SparseK: the order key of each CTA row's threshold theta_p (non-decreasing in the row;
-    // 0 where every candidate is selected, ~0 for NaN and padding rows), written by the
-    // producer at each work tile's start and searched by it for key_rows.
-    uint64_t row_theta[kBlockM];
     alignas(8) uint64_t bar_q;
     uint64_t bar_q_empty;  // Q consumed (after the tile's last S = Q K^T): next tile's Q may load
     int next_tile[2];      // the work tile after work tile w, in slot w % 2

@@ -15,6 +15,8 @@ namespace bsk::sm90 {
 struct KvTile {
   int64_t start = 0;              // contiguous tile: first key
   const int32_t* list = nullptr;  // gathered tile: key indices (list[0..count))
+  const int32_t* rows = nullptr;  // gathered tile: rows of the CTA that select each key (n_j)
+  const float* u = nullptr;       // gathered tile: each key's score (0 where not finite)
   int count = 0;                  // valid rows, <= kBlockN
   bool gathered = false;
 };
@@ -49,6 +51,8 @@ struct DenseKvIterator {
 template <int kBlockM, int kBlockN>
 struct SparseKKvIterator {
   const int32_t* list = nullptr;
+  const int32_t* rows = nullptr;
+  const float* u = nullptr;
   int list_count = 0;
   int num_gathered = 0;
   int win_lo = 0, win_end = 0;
@@ -60,6 +64,8 @@ struct SparseKKvIterator {
     int64_t n_tiles = (a.seqlen_q + p.tile_q - 1) / p.tile_q;
     int64_t slot = (int64_t(batch) * a.num_heads_kv + head_kv) * n_tiles + m_block;
     list = p.union_idx + slot * p.union_cap;
+    rows = p.union_rows + slot * p.union_cap;
+    u = p.union_u + slot * p.union_cap;
     list_count = p.union_cnt[slot];
     num_gathered = (list_count + kBlockN - 1) / kBlockN;
     int64_t first_row = int64_t(m_block) * kBlockM;
@@ -79,6 +85,8 @@ struct SparseKKvIterator {
     if (it < num_gathered) {
       t.gathered = true;
       t.list = list + int64_t(it) * kBlockN;
+      t.rows = rows + int64_t(it) * kBlockN;
+      t.u = u + int64_t(it) * kBlockN;
       int rest = list_count - it * kBlockN;
       t.count = rest < kBlockN ? rest : kBlockN;
     } else {

@@ -7,6 +7,7 @@
 
 #include <cutlass/arch/barrier.h>
 
+#include <climits>
 #include <cute/tensor.hpp>
 
 #include "bsk/kernels/sm90/kv_iterator.h"
@@ -34,15 +35,15 @@ struct CpAsyncProducer {
   static constexpr int kKeysPerThread = Traits::kBlockN / kKeyRowsPerPass;
   static_assert(kChunks % kThreadsPerRow == 0, "a row is a whole number of 8-chunk groups");
 
-  // Gathered tiles: the key index of each row this thread copies (-1: past the tile's end). All
-  // index loads of a tile are issued together, before any copy (and before the producer waits
-  // for the stage to be free), so their latencies overlap; K and V share them.
-  __device__ static void fetch_keys(const KvTile& t, int tid, int32_t (&keys)[kKeysPerThread]) {
+  // Gathered tiles: the key index of each row this thread copies (-1: past the tile's end),
+  // from the tile's metadata slot in shared memory (INT32_MAX past the end); K and V share them.
+  __device__ static void slot_keys(const int32_t* slot_idx, int tid,
+                                   int32_t (&keys)[kKeysPerThread]) {
     const int r0 = tid / kThreadsPerRow;
 #pragma unroll
     for (int it = 0; it < kKeysPerThread; ++it) {
-      const int r = r0 + it * kKeyRowsPerPass;
-      keys[it] = r < t.count ? __ldg(t.list + r) : -1;
+      const int32_t j = slot_idx[r0 + it * kKeyRowsPerPass];
+      keys[it] = j == INT32_MAX ? -1 : j;
     }
   }
 

@@ -34,25 +34,12 @@ __device__ __forceinline__ int2 lds_s32x2(const int32_t* p) {
   return v;
 }
 
-// The (value, index) order of SPEC section 1 as one unsigned 64-bit integer: the float's bits
-// mapped to an unsigned order (negative values reversed), above the index. -0 is first turned
-// into +0 (a plain IEEE add keeps subnormals), so the order is that of float comparison.
-__device__ __forceinline__ uint32_t score_order_bits(float u) {
-  float c;
-  asm("add.f32 %0, %1, 0f00000000;\n" : "=f"(c) : "f"(u));
-  const uint32_t b = __float_as_uint(c);
-  return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u);
-}
 // clip(a - b, 0, 1) in one instruction (NaN -> 0).
 __device__ __forceinline__ float sub_sat(float a, float b) {
   float d;
   asm("sub.sat.f32 %0, %1, %2;\n" : "=f"(d) : "f"(a), "f"(b));
   return d;
 }
-__device__ __forceinline__ uint64_t score_order_key(float u, int32_t j) {
-  return (uint64_t(score_order_bits(u)) << 32) | uint32_t(j);
-}
-
 // Keeps the columns [lo[b], hi[b]] (offsets from the thread's first column col0) of row b and
 // sets the rest to -inf; kLower = false: no lower bound. Both hooks' column-range masks use it.
 template <int kBlockN, bool kLower, class Frag>
@@ -110,37 +97,11 @@ struct DenseMaskHook {
   }
 };
 
-// SparseK membership through the rows' thresholds. theta_p is non-decreasing in p (a longer
-// prefix of candidates can only raise its k-th largest), so within a CTA the rows whose
-// threshold a key (u_j, j) reaches are a prefix 0 .. n_j - 1 of its 128 rows: the producer
-// finds n_j once per key by a binary search over the rows' threshold keys, and the consumers'
-// test "(u_j, j) >= theta_p and j <= c_p" becomes "row < n_j and j <= c_p", two 32-bit compares.
-
-// Order key of the threshold of query row i (CTA row r = i - first row of the work tile):
-// 0 where every candidate is selected (n_p <= k: tau = -inf), all ones for NaN rows and rows
-// past the end (selection undefined or unused), so the keys stay non-decreasing in the row.
-__device__ __forceinline__ uint64_t sparsek_row_theta_key(const kernels::SparseKFwdParams& p,
-                                                          int64_t i, int batch, int head_kv) {
-  const auto& a = p.attn;
-  if (i >= a.seqlen_q) return ~uint64_t(0);
-  const int64_t q = (int64_t(batch) * a.num_heads_kv + head_kv) * a.seqlen_q + i;
-  const float tau = p.tau[q];
-  if (tau == -INFINITY) return 0;
-  if (isnan(tau)) return ~uint64_t(0);
-  return score_order_key(p.theta_val[q], p.theta_idx[q]);
-}
-
-// Number of CTA rows r (a prefix, by monotonicity) with row_theta[r] <= key.
-template <int kRows>
-__device__ __forceinline__ int rows_reaching(const uint64_t* row_theta, uint64_t key) {
-  static_assert((kRows & (kRows - 1)) == 0, "power-of-two row count");
-  int n = 0;
-#pragma unroll
-  for (int step = kRows / 2; step >= 1; step >>= 1)
-    if (row_theta[n + step - 1] <= key) n += step;
-  if (row_theta[n] <= key) ++n;  // n = kRows - 1 after the steps when all but the last reach
-  return n;
-}
+// SparseK membership through the rows' thresholds. theta_p is non-decreasing in p, so within a
+// CTA (a query tile) the rows whose threshold a key (u_j, j) reaches are a prefix 0 .. n_j - 1 of
+// its 128 rows: the selection kernel stores n_j with every key of the tile's union
+// (sparsek_order_key.h), and the consumers' test "(u_j, j) >= theta_p and j <= c_p" becomes
+// "row < n_j and j <= c_p", two 32-bit compares.
 
 template <int kBlockN, class SharedStorage>
 struct SparseKMaskHook {
@@ -223,7 +184,7 @@ struct SparseKMaskHook {
 #pragma unroll
         for (int b = 0; b < 2; ++b) {
           // m = clip(u - tau, 0, 1) in one instruction. Where every candidate is selected,
-          // tau = -inf gives 1; the producer stores non-finite scores as 0, which only such rows
+          // tau = -inf gives 1; the selection stores non-finite scores as 0, which only such rows
           // (and NaN rows, whose output is NaN anyway) can select. Masked keys have p = 0.
           p(a + 2 * b + 4 * v) *= sub_sat((a ? uu.y : uu.x), tau[b]);
         }
