@@ -358,9 +358,10 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   // --- 5. Unions. Warp w handles tiles [t0, t1); tile t = the keys of tile t - 1 still selected
   //        somewhere in t, then the keys j in [Lb(t-1), Lb(t)) selected somewhere in t.
   const int64_t cap = a.union_cap;
-  // Per union key (u_j, j): n_j, the number of the tile's rows whose threshold it reaches (a
-  // prefix of the rows, found by binary search over the rows' threshold keys), and u_j (0 where
-  // not finite), which the attention kernel's mask and gate read. Needs tile_q == kRowsPerTile.
+  // Per union key (u_j, j): n_j, the number of the tile's rows whose threshold it reaches, and
+  // u_j (0 where not finite), which the attention kernel's mask and gate read. The warp holds
+  // the tile's 128 row threshold keys (4 per lane) and counts, per key, the rows at or below it
+  // with 4 ballots. Needs tile_q == kRowsPerTile.
   constexpr int kRowsPerTile = 128;
   const bool want_rows = a.union_rows != nullptr && a.tile_q == kRowsPerTile;
   const float* ub = a.scores + static_cast<int64_t>(bh / a.hkv) * a.s_b +
@@ -377,22 +378,43 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     const int64_t tile_at = (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
     int32_t* out = a.union_idx + tile_at;
     const int64_t row0 = static_cast<int64_t>(t) * a.tile_q;
-    auto row_key = [&](int r) -> uint64_t {
-      const int64_t i = row0 + r;
-      if (i >= a.sq) return ~uint64_t(0);
-      return sm90::row_theta_key(a.tau[q0 + i], a.theta_val[q0 + i], a.theta_idx[q0 + i]);
-    };
+    uint64_t rk[kRowsPerTile / 32];  // rows lane + 32 q (past Sq: never reached)
+    if (want_rows) {
+#pragma unroll
+      for (int q = 0; q < kRowsPerTile / 32; ++q) {
+        const int64_t i = row0 + lane + 32 * q;
+        rk[q] = i < a.sq
+                    ? sm90::row_theta_key(a.tau[q0 + i], a.theta_val[q0 + i], a.theta_idx[q0 + i])
+                    : ~uint64_t(0);
+      }
+    }
     int newcnt = 0;
     auto emit = [&](bool pred, int j) {
       const unsigned m = __ballot_sync(0xffffffffu, pred);
       const int at = newcnt + __popc(m & ((1u << lane) - 1u));
+      int rows = 0;
+      float uj = 0.f;
+      if (want_rows) {
+        uint64_t xk = 0;
+        if (pred) {
+          uj = ub[static_cast<int64_t>(j) * a.s_s];
+          xk = sm90::score_order_key(uj, j);
+        }
+        for (unsigned mm = m; mm != 0; mm &= mm - 1) {  // warp-uniform: one key at a time
+          const int l = __ffs(mm) - 1;
+          const uint64_t x = __shfl_sync(0xffffffffu, xk, l);
+          int c = 0;
+#pragma unroll
+          for (int q = 0; q < kRowsPerTile / 32; ++q)
+            c += __popc(__ballot_sync(0xffffffffu, rk[q] <= x));
+          if (lane == l) rows = c;
+        }
+      }
       if (pred && at < cap) {
         out[at] = j;
         if (buf) buf[at] = j;
         if (want_rows) {
-          const float uj = ub[static_cast<int64_t>(j) * a.s_s];
-          a.union_rows[tile_at + at] =
-              sm90::rows_reaching<kRowsPerTile>(row_key, sm90::score_order_key(uj, j));
+          a.union_rows[tile_at + at] = rows;
           a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
         }
       }

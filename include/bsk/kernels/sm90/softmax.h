@@ -26,48 +26,29 @@ struct OnlineSoftmax {
   // factor the output accumulator must be rescaled by for each row.
   template <class Frag>
   __device__ void step(Frag& s, float (&correction)[2]) {
-    // Max and sum as trees of 8 partial values: a serial chain over the row's 2 * kCols / 8
-    // values would put ~kCols / 4 dependent adds on every tile's critical path.
-    constexpr int kParts = 8;
-    static_assert((kCols / 8) % (kParts / 2) == 0, "columns split evenly over the partial values");
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
-      float mp[kParts];
+      float mx = -INFINITY;
 #pragma unroll
-      for (int i = 0; i < kParts; ++i) mp[i] = s((i & 1) + 2 * b + 4 * (i >> 1));
+      for (int v = 0; v < kCols / 8; ++v)
 #pragma unroll
-      for (int v = kParts / 2; v < kCols / 8; ++v)
-#pragma unroll
-        for (int a = 0; a < 2; ++a) {
-          float& m = mp[a + 2 * (v % (kParts / 2))];
-          m = fmaxf(m, s(a + 2 * b + 4 * v));
-        }
-#pragma unroll
-      for (int w = kParts / 2; w >= 1; w /= 2)
-#pragma unroll
-        for (int i = 0; i < w; ++i) mp[i] = fmaxf(mp[i], mp[i + w]);
-      const float mx = quad_max(mp[0]) * scale_log2;
+        for (int a = 0; a < 2; ++a) mx = fmaxf(mx, s(a + 2 * b + 4 * v));
+      mx = quad_max(mx) * scale_log2;
       float m_new = fmaxf(row_max[b], mx);
       // A row that has seen no key yet keeps max -inf; use 0 so exp2 gives 0, not NaN.
       float m_use = m_new == -INFINITY ? 0.f : m_new;
       correction[b] = exp2f(row_max[b] - m_use);
       row_max[b] = m_new;
-      float sp[kParts];
-#pragma unroll
-      for (int i = 0; i < kParts; ++i) sp[i] = 0.f;
+      float sum = 0.f;
 #pragma unroll
       for (int v = 0; v < kCols / 8; ++v)
 #pragma unroll
         for (int a = 0; a < 2; ++a) {
           float p = exp2f(fmaf(s(a + 2 * b + 4 * v), scale_log2, -m_use));
           s(a + 2 * b + 4 * v) = p;
-          sp[a + 2 * (v % (kParts / 2))] += p;
+          sum += p;
         }
-#pragma unroll
-      for (int w = kParts / 2; w >= 1; w /= 2)
-#pragma unroll
-        for (int i = 0; i < w; ++i) sp[i] += sp[i + w];
-      row_sum[b] = row_sum[b] * correction[b] + sp[0];
+      row_sum[b] = row_sum[b] * correction[b] + sum;
     }
   }
 

@@ -1,6 +1,6 @@
-// The (value, index) order of SPEC section 1 as one unsigned 64-bit integer, and the count of a
-// query tile's rows whose threshold theta_p a key reaches. The selection kernel uses them to
-// give every key of a tile's union the number of the tile's rows that select it by score.
+// The (value, index) order of SPEC section 1 as one unsigned 64-bit integer, and the order key of
+// a query row's threshold theta_p. The selection kernel uses them to give every key of a tile's
+// union the number of the tile's rows that select it by score.
 #pragma once
 
 #include <cstdint>
@@ -29,18 +29,6 @@ __device__ __forceinline__ uint64_t row_theta_key(float tau, float theta_val, in
   if (tau == -INFINITY) return 0;
   if (isnan(tau)) return ~uint64_t(0);
   return score_order_key(theta_val, theta_idx);
-}
-
-// Number of rows r < kRows (a prefix, by monotonicity) with key_of(r) <= key.
-template <int kRows, class KeyOf>
-__device__ __forceinline__ int rows_reaching(KeyOf&& key_of, uint64_t key) {
-  static_assert((kRows & (kRows - 1)) == 0, "power-of-two row count");
-  int n = 0;
-#pragma unroll
-  for (int step = kRows / 2; step >= 1; step >>= 1)
-    if (key_of(n + step - 1) <= key) n += step;
-  if (key_of(n) <= key) ++n;  // n = kRows - 1 after the steps when all but the last reach
-  return n;
 }
 
 }  // namespace bsk::sm90
