@@ -34,10 +34,8 @@ struct AttnFwdParams {
 // int32 holds, sorted ascending, every key j that is in Sel_p for at least one p of the tile
 // (window keys are not included: the attention kernel visits the window range separately);
 // union_cnt [B,Hkv,n_tiles] int32 its length (<= min(k_select + tile_q, Sk)). With union_rows
-// and union_u (same shape as union_idx; tile_q must be 128): per union key j, the number of the
-// tile's rows p (a prefix, theta_p being non-decreasing) with (u_j, j) >= theta_p, counting
-// rows where every candidate is selected and not counting NaN rows or rows past Sq, and u_j
-// (0 where not finite).
+// and union_u (same shape as union_idx; tile_q must be 128), per union key j: n_j such that a row
+// r of the tile for which j is a candidate selects j iff r < n_j, and u_j (0 where not finite).
 struct SelectParams {
   const float* scores = nullptr;
   int64_t batch = 0, seqlen_k = 0, num_heads_kv = 0, seqlen_q = 0;

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -237,17 +236,6 @@ Result run_kernel(const Case& c, const std::vector<float>& u, int timing_reps = 
   return r;
 }
 
-// The kernels' (value, index) order key (sparsek_order_key.h): -0 as +0, NaN as the GPU's
-// canonical NaN, negative values reversed, above the index.
-uint64_t order_key(float x, int32_t j) {
-  uint32_t b;
-  const float c = std::isnan(x) ? std::numeric_limits<float>::quiet_NaN() : x + 0.f;
-  std::memcpy(&b, &c, 4);
-  if (std::isnan(x)) b = 0x7fffffffu;
-  b ^= (b >> 31) ? 0xffffffffu : 0x80000000u;
-  return (uint64_t{b} << 32) | static_cast<uint32_t>(j);
-}
-
 // Compares heads [h_from, h_to) of batch 0.. against the reference. Returns #mismatches.
 int compare(const Case& c, const std::vector<float>& u, const Result& r) {
   int bad = 0;
@@ -320,31 +308,29 @@ int compare(const Case& c, const std::vector<float>& u, const Result& r) {
         fail("bh=" + std::to_string(bh) + " tile " + std::to_string(t) + ": union of " +
              std::to_string(cnt) + " keys vs " + std::to_string(want.size()));
       if (r.urows.empty() || got != want) continue;
-      // Per union key: the tile's rows whose threshold order key it reaches (rows past Sq and
-      // NaN rows never, rows selecting every candidate always), and its score (0 if not finite).
+      // Per union key j: n_j, such that every row r of the tile with j among its candidates
+      // selects j (by the reference) exactly when r < n_j; and its score (0 if not finite).
       for (std::size_t e = 0; e < got.size(); ++e) {
         const int j = got[e];
         const float x = u[(b * c.Sk + j) * (c.H + c.pad) + h];
-        const uint64_t kj = order_key(x, j);
-        int want_rows = 0;
+        const std::size_t at = static_cast<std::size_t>((bh * nt + t) * r.cap) + e;
+        const int nj = r.urows[at];
+        if (nj < 0 || nj > 128) fail("key " + std::to_string(j) + ": rows " + std::to_string(nj));
         for (int64_t i = t * 128; i < std::min(c.Sq, (t + 1) * 128); ++i) {
           const auto& q = info[static_cast<std::size_t>(bh * c.Sq + i)];
-          uint64_t kr;
-          if (std::isnan(q.tau))
-            kr = ~uint64_t{0};
-          else if (q.tau == -std::numeric_limits<double>::infinity())
-            kr = 0;
-          else
-            kr = order_key(static_cast<float>(q.theta_val), static_cast<int32_t>(q.theta_idx));
-          want_rows += kr <= kj;
+          if (j >= q.n_cand) continue;
+          const double xd = ud[(b * c.Sk + j) * c.H + h];
+          const bool sel =
+              !std::isnan(q.tau) &&
+              (q.theta_idx < 0 ? q.theta_val < 0
+                               : (xd > q.theta_val || (xd == q.theta_val && j >= q.theta_idx)));
+          if (sel != (i - t * 128 < nj))
+            fail("bh=" + std::to_string(bh) + " tile " + std::to_string(t) + " key " +
+                 std::to_string(j) + ": row " + std::to_string(i) +
+                 (sel ? " selects" : " rejects") + " it, rows " + std::to_string(nj));
         }
-        const std::size_t at = static_cast<std::size_t>((bh * nt + t) * r.cap) + e;
-        if (r.urows[at] != want_rows)
-          fail("bh=" + std::to_string(bh) + " tile " + std::to_string(t) + " key " +
-               std::to_string(j) + ": rows " + std::to_string(r.urows[at]) + " vs " +
-               std::to_string(want_rows));
         const float wu = std::isfinite(x) ? x : 0.f;
-        if (std::memcmp(&r.uu[at], &wu, 4) != 0)
+        if (!(r.uu[at] == wu))
           fail("bh=" + std::to_string(bh) + " key " + std::to_string(j) + ": score " +
                std::to_string(r.uu[at]) + " vs " + std::to_string(wu));
       }

@@ -49,7 +49,6 @@
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <string>
 
-#include "bsk/kernels/sm90/sparsek_order_key.h"
 #include "bsk/kernels/sm90/sparsek_select_core.h"
 #include "kernels/kernels.h"
 
@@ -358,15 +357,15 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   // --- 5. Unions. Warp w handles tiles [t0, t1); tile t = the keys of tile t - 1 still selected
   //        somewhere in t, then the keys j in [Lb(t-1), Lb(t)) selected somewhere in t.
   const int64_t cap = a.union_cap;
-  // Per union key (u_j, j): n_j, the number of the tile's rows whose threshold it reaches, and
-  // u_j (0 where not finite), which the attention kernel's mask and gate read. The warp holds
-  // the tile's 128 row threshold keys (4 per lane) and counts, per key, the rows at or below it
-  // with 4 ballots. Needs tile_q == kRowsPerTile.
+  // Per union key j: n_j and u_j (0 where not finite), which the attention kernel's mask and
+  // gate read. Key j is selected exactly for L in [j + 1, D_j], and L(i) grows with the row, so
+  // the tile's rows with L <= D_j are a prefix 0 .. n_j - 1 of its rows; among the rows where j
+  // is a candidate (L >= j + 1, which the attention kernel tests itself) they are the rows that
+  // select j. Needs tile_q == kRowsPerTile.
   constexpr int kRowsPerTile = 128;
   const bool want_rows = a.union_rows != nullptr && a.tile_q == kRowsPerTile;
   const float* ub = a.scores + static_cast<int64_t>(bh / a.hkv) * a.s_b +
                     static_cast<int64_t>(bh % a.hkv) * a.s_h;
-  const int64_t q0 = static_cast<int64_t>(bh) * a.sq;
   const int t0 = static_cast<int>(static_cast<int64_t>(warp) * a.n_tiles / nwarps);
   const int t1 = static_cast<int>(static_cast<int64_t>(warp + 1) * a.n_tiles / nwarps);
   int32_t* buf = ubuf != nullptr ? ubuf + static_cast<int64_t>(warp) * cap : nullptr;
@@ -377,44 +376,20 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     const int64_t lb = plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
     const int64_t tile_at = (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
     int32_t* out = a.union_idx + tile_at;
-    const int64_t row0 = static_cast<int64_t>(t) * a.tile_q;
-    uint64_t rk[kRowsPerTile / 32];  // rows lane + 32 q (past Sq: never reached)
-    if (want_rows) {
-#pragma unroll
-      for (int q = 0; q < kRowsPerTile / 32; ++q) {
-        const int64_t i = row0 + lane + 32 * q;
-        rk[q] = i < a.sq
-                    ? sm90::row_theta_key(a.tau[q0 + i], a.theta_val[q0 + i], a.theta_idx[q0 + i])
-                    : ~uint64_t(0);
-      }
-    }
+    // Rows of the tile with L(i) <= d: i <= d - lbase (L(i) = max(0, lbase + i), d >= 0).
+    const int64_t row_off = plan.lbase + static_cast<int64_t>(t) * a.tile_q;
     int newcnt = 0;
-    auto emit = [&](bool pred, int j) {
+    auto emit = [&](bool pred, int j, int64_t dj) {
       const unsigned m = __ballot_sync(0xffffffffu, pred);
       const int at = newcnt + __popc(m & ((1u << lane) - 1u));
-      int rows = 0;
-      float uj = 0.f;
-      if (want_rows) {
-        uint64_t xk = 0;
-        if (pred) {
-          uj = ub[static_cast<int64_t>(j) * a.s_s];
-          xk = sm90::score_order_key(uj, j);
-        }
-        for (unsigned mm = m; mm != 0; mm &= mm - 1) {  // warp-uniform: one key at a time
-          const int l = __ffs(mm) - 1;
-          const uint64_t x = __shfl_sync(0xffffffffu, xk, l);
-          int c = 0;
-#pragma unroll
-          for (int q = 0; q < kRowsPerTile / 32; ++q)
-            c += __popc(__ballot_sync(0xffffffffu, rk[q] <= x));
-          if (lane == l) rows = c;
-        }
-      }
       if (pred && at < cap) {
         out[at] = j;
         if (buf) buf[at] = j;
         if (want_rows) {
-          a.union_rows[tile_at + at] = rows;
+          const float uj = ub[static_cast<int64_t>(j) * a.s_s];
+          const int64_t nr = dj - row_off + 1;
+          a.union_rows[tile_at + at] =
+              static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));
           a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
         }
       }
@@ -427,13 +402,15 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
         const int i = base + lane;
         int j = -1;
         if (i < cnt) j = buf ? prev[i] : __ldcg(prev + i);
-        emit(i < cnt && sc::in_union(d[j], j, la, lb), j);
+        const int64_t dj = i < cnt ? static_cast<int64_t>(d[j]) : 0;
+        emit(i < cnt && sc::in_union(dj, j, la, lb), j, dj);
       }
       jstart = prev_lb;
     }
     for (int64_t base = jstart; base < lb; base += 32) {
       const int j = static_cast<int>(base) + lane;
-      emit(j < lb && sc::in_union(d[j < lb ? j : 0], j, la, lb), j);
+      const int64_t dj = static_cast<int64_t>(d[j < lb ? j : 0]);
+      emit(j < lb && sc::in_union(dj, j, la, lb), j, dj);
     }
     if (lane == 0) a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
     cnt = newcnt < cap ? newcnt : static_cast<int>(cap);

@@ -97,11 +97,11 @@ struct DenseMaskHook {
   }
 };
 
-// SparseK membership through the rows' thresholds. theta_p is non-decreasing in p, so within a
-// CTA (a query tile) the rows whose threshold a key (u_j, j) reaches are a prefix 0 .. n_j - 1 of
-// its 128 rows: the selection kernel stores n_j with every key of the tile's union
-// (sparsek_order_key.h), and the consumers' test "(u_j, j) >= theta_p and j <= c_p" becomes
-// "row < n_j and j <= c_p", two 32-bit compares.
+// SparseK membership. Key j is selected for one contiguous range of query positions (theta_p is
+// non-decreasing in p), so within a CTA (a query tile) the rows that select a key of the tile's
+// union are those among rows 0 .. n_j - 1 where j is a candidate: the selection kernel stores n_j
+// with every union key, and the consumers' test "j in Sel_p" is "row < n_j and j <= c_p", two
+// 32-bit compares.
 
 template <int kBlockN, class SharedStorage>
 struct SparseKMaskHook {
