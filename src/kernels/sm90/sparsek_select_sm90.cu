@@ -386,7 +386,13 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
         out[at] = j;
         if (buf) buf[at] = j;
         if (want_rows) {
-          const float uj = ub[static_cast<int64_t>(j) * a.s_s];
+          // Shared-memory path: the sorted keys' exact value (no global load) for keys below
+          // the first non-finite score; the scores themselves otherwise.
+          float uj;
+          if constexpr (sizeof(IdxT) == 2)
+            uj = j < plan.fnf ? keys.fval(keys.pos(j)) : ub[static_cast<int64_t>(j) * a.s_s];
+          else
+            uj = ub[static_cast<int64_t>(j) * a.s_s];
           const int64_t nr = dj - row_off + 1;
           a.union_rows[tile_at + at] =
               static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));

@@ -279,11 +279,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     PhaseClock pc;
     if constexpr (kPhaseClock) pc.init(sm.prof[wg], ctid == 0);
     int g = 0, w = 0;
+    // The work tile's coordinates, KV iterator and hook (their loads: SparseK's union length and
+    // the rows' tau) are set up for the next tile before this one's epilogue, so their latency
+    // hides behind it. A grid never gets more CTAs than tiles, so blockIdx.x is a tile.
+    TileCoord tc = sched.coord(blockIdx.x);
+    auto it = Mode::iterator(params, tc.m_block, tc.batch, tc.head_kv);
+    auto hook = Mode::hook(params, tc.m_block, row_in_cta0, tc.batch, tc.head_kv, &sm);
     for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
-      const TileCoord tc = sched.coord(wt);
-      const int b = tc.batch, h = tc.head, m = tc.m_block, hkv = tc.head_kv;
-      const auto it = Mode::iterator(params, m, b, hkv);
-      const auto hook = Mode::hook(params, m, row_in_cta0, b, hkv, &sm);
+      const int b = tc.batch, h = tc.head, m = tc.m_block;
       clear(tOrO);
       OnlineSoftmax<kBlockN> softmax;
       softmax.scale_log2 = a.scale * 1.4426950408889634f;
@@ -373,13 +376,21 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       float inv[2], lse[2];
       softmax.finish(inv, lse);
       bool nan_row[2] = {hook.row_is_nan(0), hook.row_is_nan(1)};
+      const int wt_next = next_tile(w);
+      // Past the last tile: any valid tile, never used.
+      const TileCoord tn = sched.coord(wt_next < sched.num_tiles ? wt_next : wt);
+      const auto it_next = Mode::iterator(params, tn.m_block, tn.batch, tn.head_kv);
+      const auto hook_next = Mode::hook(params, tn.m_block, row_in_cta0, tn.batch, tn.head_kv, &sm);
       Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
       float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
       DirectEpilogue<Element, kD>::store(tOrO, inv, lse, nan_row, ob, a.o_stride[1], lb,
                                          int64_t(m) * kBlockM + row_in_cta0, a.seqlen_q, lane);
       pc.lap(8);
       pc.count(11);
-      wt = next_tile(w);
+      wt = wt_next;
+      tc = tn;
+      it = it_next;
+      hook = hook_next;
     }
   }
   if constexpr (kPhaseClock) {
