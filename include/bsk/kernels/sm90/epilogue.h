@@ -1,5 +1,9 @@
 // Epilogue: normalises the output accumulator by the softmax sum and writes O (strided, BSHD)
-// and LSE (float32 [B, H, Sq], natural log) for the rows of this thread.
+// and LSE (float32 [B, H, Sq], natural log).
+//  - StagedEpilogue: the warpgroup's 64 rows go through shared memory (padded rows: the
+//    accumulator's 4-byte pairs land conflict-free) and leave as whole 16-byte chunks, a warp
+//    writing two full rows (D = 128) per instruction; needs 16-byte aligned rows.
+//  - DirectEpilogue: each thread stores its own 4-byte pairs (any alignment).
 #pragma once
 
 #include <cmath>
@@ -27,6 +31,50 @@ struct DirectEpilogue {
         *reinterpret_cast<uint32_t*>(row + 8 * v + col0) = *reinterpret_cast<uint32_t*>(pair);
       }
       if (lse_bh && lane % 4 == 0) lse_bh[i] = nan_row[b] ? NAN : lse[b];
+    }
+  }
+};
+
+template <class Element, int kHeadDim>
+struct StagedEpilogue {
+  static constexpr int kStageCols = kHeadDim + 8;  // +16 bytes: row r starts 4 r banks later
+  static constexpr int kChunks = kHeadDim * int(sizeof(Element)) / 16;  // per row
+  // Named barrier of consumer warpgroup cw (0 and 1 are taken by __syncthreads and the producer).
+  __device__ static void wg_sync(int cw) {
+    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
+  }
+  // stage: the warpgroup's 64 x kStageCols rows; wg_first_row: the query row of its row 0;
+  // row_in_wg0: this thread's first row within the warpgroup (warp * 16 + lane / 4).
+  template <class Frag>
+  __device__ static void store(Frag& o, const float (&inv)[2], const float (&lse)[2],
+                               const bool (&nan_row)[2], Element* stage, Element* out_bh,
+                               int64_t row_stride, float* lse_bh, int64_t wg_first_row,
+                               int row_in_wg0, int64_t seqlen_q, int ctid, int cw) {
+    const int lane = ctid % 32, col0 = 2 * (lane % 4);
+    wg_sync(cw);  // the previous work tile's copies out of the stage are done
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      Element* row = stage + (row_in_wg0 + 8 * b) * kStageCols;
+#pragma unroll
+      for (int v = 0; v < kHeadDim / 8; ++v) {
+        float x0 = nan_row[b] ? NAN : o(0 + 2 * b + 4 * v) * inv[b];
+        float x1 = nan_row[b] ? NAN : o(1 + 2 * b + 4 * v) * inv[b];
+        Element pair[2] = {Element(x0), Element(x1)};
+        *reinterpret_cast<uint32_t*>(row + 8 * v + col0) = *reinterpret_cast<uint32_t*>(pair);
+      }
+      const int64_t i = wg_first_row + row_in_wg0 + 8 * b;
+      if (lse_bh && lane % 4 == 0 && i < seqlen_q) lse_bh[i] = nan_row[b] ? NAN : lse[b];
+    }
+    wg_sync(cw);
+    constexpr int kPerThread = 64 * kChunks / 128;
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int c = ctid + 128 * k, r = c / kChunks, q = c % kChunks;
+      const int64_t i = wg_first_row + r;
+      if (i >= seqlen_q) continue;
+      const uint4 x =
+          *reinterpret_cast<const uint4*>(stage + r * kStageCols + q * (16 / int(sizeof(Element))));
+      *reinterpret_cast<uint4*>(out_bh + i * row_stride + q * (16 / int(sizeof(Element)))) = x;
     }
   }
 };

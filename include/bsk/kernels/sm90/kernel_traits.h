@@ -77,6 +77,8 @@ struct AttnTraits {
     // stage of tile i has been released. Each slot has its own "full" and "empty" barriers
     // (SparseK only): the producer's stores are released to the consumers' reads, and their
     // reads (arrivals after the gate) to the producer's reuse of the slot.
+    // Output staging of the epilogue: each consumer warpgroup's 64 rows, padded by 16 bytes.
+    alignas(16) Element o_stage[kBlockM * (kHeadDim + 8)];
     int32_t key_idx[kMetaSlots][kBlockN];   // key index j (INT32_MAX past the tile's end)
     int32_t key_rows[kMetaSlots][kBlockN];  // rows 0 .. n-1 of the CTA select j by score
     float key_u[kMetaSlots][kBlockN];       // score u_j (0 where not finite), for the gate
