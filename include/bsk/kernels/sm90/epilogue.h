@@ -1,14 +1,41 @@
 // Epilogue: normalises the output accumulator by the softmax sum and writes O (strided, BSHD)
-// and LSE (float32 [B, H, Sq], natural log). The warpgroup's 64 rows go through shared memory
-// (padded rows: the accumulator's 4-byte pairs land conflict-free) and leave as whole 16-byte
-// chunks, a warp writing two full rows (D = 128) per instruction, so O's rows must be 16-byte
-// aligned (the API requires it of every tensor; the launcher checks it).
+// and LSE (float32 [B, H, Sq], natural log).
+//  - DirectEpilogue: each thread stores its own 4-byte pairs (8 rows x 16 bytes per warp
+//    instruction). The dense kernel's.
+//  - StagedEpilogue: the warpgroup's 64 rows go through shared memory (padded rows: the
+//    accumulator's 4-byte pairs land conflict-free) and leave as whole 16-byte chunks, a warp
+//    writing two full rows (D = 128) per instruction, so O's rows must be 16-byte aligned (the
+//    API requires it of every tensor; the launcher checks it). The SparseK kernel's.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
 namespace bsk::sm90 {
+
+template <class Element, int kHeadDim>
+struct DirectEpilogue {
+  template <class Frag>
+  __device__ static void store(Frag& o, const float (&inv)[2], const float (&lse)[2],
+                               const bool (&nan_row)[2], Element* out_bh, int64_t row_stride,
+                               float* lse_bh, int64_t first_row, int64_t seqlen_q, int lane) {
+    int col0 = 2 * (lane % 4);
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      int64_t i = first_row + 8 * b;
+      if (i >= seqlen_q) continue;
+      Element* row = out_bh + i * row_stride;
+#pragma unroll
+      for (int v = 0; v < kHeadDim / 8; ++v) {
+        float x0 = nan_row[b] ? NAN : o(0 + 2 * b + 4 * v) * inv[b];
+        float x1 = nan_row[b] ? NAN : o(1 + 2 * b + 4 * v) * inv[b];
+        Element pair[2] = {Element(x0), Element(x1)};
+        *reinterpret_cast<uint32_t*>(row + 8 * v + col0) = *reinterpret_cast<uint32_t*>(pair);
+      }
+      if (lse_bh && lane % 4 == 0) lse_bh[i] = nan_row[b] ? NAN : lse[b];
+    }
+  }
+};
 
 template <class Element, int kHeadDim>
 struct StagedEpilogue {

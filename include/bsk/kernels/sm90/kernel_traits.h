@@ -17,7 +17,8 @@ namespace bsk::sm90 {
 
 using namespace cute;
 
-template <class Element_, int kHeadDim_, int kBlockN_ = 128, int kStages_ = 2>
+template <class Element_, int kHeadDim_, int kBlockN_ = 128, int kStages_ = 2,
+          bool kStagedEpilogue_ = false>
 struct AttnTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -25,6 +26,9 @@ struct AttnTraits {
   static constexpr int kWgRows = 64;  // rows per consumer warpgroup
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
+  // O leaves through shared memory as 16-byte chunks (epilogue.h): measured faster for SparseK
+  // and slower for dense attention (see docs/kernel_notes.md, v8).
+  static constexpr bool kStagedEpilogue = kStagedEpilogue_;
   static constexpr int kConsumerWGs = kBlockM / kWgRows;
   static constexpr int kThreads = 128 * (1 + kConsumerWGs);
   // setmaxnreg only moves registers between the warpgroups of a CTA: the CTA starts with
@@ -78,7 +82,7 @@ struct AttnTraits {
     // (SparseK only): the producer's stores are released to the consumers' reads, and their
     // reads (arrivals after the gate) to the producer's reuse of the slot.
     // Output staging of the epilogue: each consumer warpgroup's 64 rows, padded by 16 bytes.
-    alignas(16) Element o_stage[kBlockM * (kHeadDim + 8)];
+    alignas(16) Element o_stage[kStagedEpilogue ? kBlockM * (kHeadDim + 8) : 8];
     int32_t key_idx[kMetaSlots][kBlockN];   // key index j (INT32_MAX past the tile's end)
     int32_t key_rows[kMetaSlots][kBlockN];  // rows 0 .. n-1 of the CTA select j by score
     float key_u[kMetaSlots][kBlockN];       // score u_j (0 where not finite), for the gate
