@@ -155,7 +155,8 @@ if has phases; then
       PYTHONPATH="$PWD/$PB/pkg:$PWD/bench" timeout $T $PY scripts/attn_phases.py run $c \
         > "$OUT/phases_$c.log" 2>&1 || { status=1; log "PHASES $c FAILED"; tail -n 5 "$OUT/phases_$c.log"; }
     done
-    $PY scripts/attn_phases.py summarize "$OUT"/phases_*.log > "$OUT/phases.md" 2>&1
+    $PY scripts/attn_phases.py summarize "$OUT"/phases_{dense_causal,sparsek,dense}.log \
+      > "$OUT/phases.md" 2>&1
     log "phases done ($(( $(date +%s) - t0 )) s)"
   else
     status=1; log "PHASES BUILD FAILED"; tail -n 30 "$OUT/phases_build.log" "$OUT/phases_configure.log"
