@@ -76,13 +76,14 @@ struct AttnTraits {
     alignas(1024) Element q[kQElems];
     alignas(1024) Element k[kKVElems];
     alignas(1024) Element v[kKVElems];
-    // Key metadata of gathered tiles (key index and its score), in a ring of its own that is
-    // deeper than the K ring: the mask/gate hook still reads tile i's metadata after the K
-    // stage of tile i has been released. Each slot has its own "full" and "empty" barriers
-    // (SparseK only): the producer's stores are released to the consumers' reads, and their
-    // reads (arrivals after the gate) to the producer's reuse of the slot.
     // Output staging of the epilogue: each consumer warpgroup's 64 rows, padded by 16 bytes.
     alignas(16) Element o_stage[kStagedEpilogue ? kBlockM * (kHeadDim + 8) : 8];
+    // Key metadata of gathered tiles (j, n_j and u_j as the selection left them with the tile's
+    // union), in a ring of its own that is deeper than the K ring: the mask/gate hook still reads
+    // tile i's metadata after the K stage of tile i has been released, and the producer reads
+    // the key indices again for V. Each slot has its own "full" and "empty" barriers (SparseK
+    // only): the producer's stores are released to the consumers' reads, and their reads
+    // (arrivals after the gate) to the producer's reuse of the slot.
     int32_t key_idx[kMetaSlots][kBlockN];   // key index j (INT32_MAX past the tile's end)
     int32_t key_rows[kMetaSlots][kBlockN];  // rows 0 .. n-1 of the CTA select j by score
     float key_u[kMetaSlots][kBlockN];       // score u_j (0 where not finite), for the gate
