@@ -388,6 +388,21 @@ int check_case(const std::vector<float>& u, int64_t sq, int64_t k, int64_t windo
     const int64_t rows = std::min<int64_t>(sq, (t + 1) * tile_q) - t * tile_q;
     if (static_cast<int64_t>(o.unions[t].size()) > std::min<int64_t>(k + rows, n))
       fail("union of tile " + std::to_string(t) + " exceeds k + rows");
+    // The attention kernel's n_j (union_rows): a row of the tile for which j is a candidate
+    // selects j iff it is one of the first n_j rows.
+    std::vector<std::vector<char>> row_sel(static_cast<size_t>(rows), std::vector<char>(n, 0));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int j : sel[t * tile_q + r]) row_sel[r][j] = 1;
+    for (int j : o.unions[t]) {
+      const int64_t nj = sc::union_rows(o.d[j], p.lbase + t * tile_q, tile_q);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (j >= p.row_L(t * tile_q + r)) continue;  // not a candidate of this row
+        if ((row_sel[r][j] != 0) != (r < nj))
+          fail("tile " + std::to_string(t) + " key " + std::to_string(j) + ": row " +
+               std::to_string(t * tile_q + r) + (row_sel[r][j] ? " selects" : " rejects") +
+               " it, n_j = " + std::to_string(nj));
+      }
+    }
   }
   return bad;
 }

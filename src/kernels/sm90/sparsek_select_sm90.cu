@@ -376,7 +376,8 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     const int64_t lb = plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
     const int64_t tile_at = (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
     int32_t* out = a.union_idx + tile_at;
-    // Rows of the tile with L(i) <= d: i <= d - lbase (L(i) = max(0, lbase + i), d >= 0).
+    // n_j = the tile's rows with L(i) <= D_j: sc::union_rows, written out here (calling it
+    // changes ptxas' allocation for the whole kernel, and that build has not been measured).
     const int64_t row_off = plan.lbase + static_cast<int64_t>(t) * a.tile_q;
     int newcnt = 0;
     auto emit = [&](bool pred, int j, int64_t dj) {

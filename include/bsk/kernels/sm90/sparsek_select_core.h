@@ -825,6 +825,16 @@ BSK_SEL_HD bool in_union(int64_t d_j, int64_t j, int64_t la, int64_t lb) {
   return j + 1 <= lb && d_j >= from;
 }
 
+// The attention kernel's n_j for key j of a query tile's union: the tile's rows i (row0 ..
+// row0 + rows - 1) with L(i) <= D_j. They are a prefix (L grows with the row), and among the rows
+// where j is a candidate (L >= j + 1, which the kernel tests itself) exactly the rows that select
+// j, since j is selected for L in [j + 1, D_j]. (L(i) = max(0, lbase + i) and D_j >= 0.)
+// lbase_row0 = RowPlan::lbase + row0.
+BSK_SEL_HD int64_t union_rows(int64_t d_j, int64_t lbase_row0, int64_t rows) {
+  const int64_t nr = d_j - lbase_row0 + 1;
+  return nr < 0 ? 0 : (nr > rows ? rows : nr);
+}
+
 // Initial D_j before the sweeps: keys selected only in trivial rows (L <= k).
 BSK_SEL_HD int64_t initial_d(const RowPlan& p, int64_t j) {
   return j + 1 <= p.ltriv ? p.ltriv : 0;
