@@ -13,6 +13,16 @@
 
 namespace bsk::sm90 {
 
+// Columns 8 v + col0 + {0, 1} of the thread's row b (accumulator elements a + 2 b + 4 v),
+// normalised by 1 / l (NaN rows: NaN) and packed as two Elements, as both epilogues store them.
+template <class Element, class Frag>
+__device__ __forceinline__ uint32_t normalized_pair(Frag& o, int b, int v, float inv, bool nan) {
+  const float x0 = nan ? NAN : o(0 + 2 * b + 4 * v) * inv;
+  const float x1 = nan ? NAN : o(1 + 2 * b + 4 * v) * inv;
+  Element pair[2] = {Element(x0), Element(x1)};
+  return *reinterpret_cast<uint32_t*>(pair);
+}
+
 template <class Element, int kHeadDim>
 struct DirectEpilogue {
   template <class Frag>
@@ -26,12 +36,9 @@ struct DirectEpilogue {
       if (i >= seqlen_q) continue;
       Element* row = out_bh + i * row_stride;
 #pragma unroll
-      for (int v = 0; v < kHeadDim / 8; ++v) {
-        float x0 = nan_row[b] ? NAN : o(0 + 2 * b + 4 * v) * inv[b];
-        float x1 = nan_row[b] ? NAN : o(1 + 2 * b + 4 * v) * inv[b];
-        Element pair[2] = {Element(x0), Element(x1)};
-        *reinterpret_cast<uint32_t*>(row + 8 * v + col0) = *reinterpret_cast<uint32_t*>(pair);
-      }
+      for (int v = 0; v < kHeadDim / 8; ++v)
+        *reinterpret_cast<uint32_t*>(row + 8 * v + col0) =
+            normalized_pair<Element>(o, b, v, inv[b], nan_row[b]);
       if (lse_bh && lane % 4 == 0) lse_bh[i] = nan_row[b] ? NAN : lse[b];
     }
   }
@@ -58,12 +65,9 @@ struct StagedEpilogue {
     for (int b = 0; b < 2; ++b) {
       Element* row = stage + (row_in_wg0 + 8 * b) * kStageCols;
 #pragma unroll
-      for (int v = 0; v < kHeadDim / 8; ++v) {
-        float x0 = nan_row[b] ? NAN : o(0 + 2 * b + 4 * v) * inv[b];
-        float x1 = nan_row[b] ? NAN : o(1 + 2 * b + 4 * v) * inv[b];
-        Element pair[2] = {Element(x0), Element(x1)};
-        *reinterpret_cast<uint32_t*>(row + 8 * v + col0) = *reinterpret_cast<uint32_t*>(pair);
-      }
+      for (int v = 0; v < kHeadDim / 8; ++v)
+        *reinterpret_cast<uint32_t*>(row + 8 * v + col0) =
+            normalized_pair<Element>(o, b, v, inv[b], nan_row[b]);
       const int64_t i = wg_first_row + row_in_wg0 + 8 * b;
       if (lse_bh && lane % 4 == 0 && i < seqlen_q) lse_bh[i] = nan_row[b] ? NAN : lse[b];
     }
