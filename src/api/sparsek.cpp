@@ -234,13 +234,9 @@ void sparsek_attention_fwd(const SparseKFwdArgs& a) {
   p.attn.causal = true;
   p.attn.scale = scale;
   p.attn.stream = a.stream;
-  p.scores = sp.scores;
-  for (int i = 0; i < 3; ++i) p.score_stride[i] = sp.score_stride[i];
   p.k_select = a.k_select;
   p.window = a.window;
   p.tau = sp.tau;
-  p.theta_val = sp.theta_val;
-  p.theta_idx = sp.theta_idx;
   p.union_idx = sp.union_idx;
   p.union_rows = sp.union_rows;
   p.union_u = sp.union_u;

@@ -58,12 +58,8 @@ struct SelectParams {
 // SparseK attention forward given the selection above.
 struct SparseKFwdParams {
   AttnFwdParams attn;  // causal is implied; seqlen_q <= seqlen_k
-  const float* scores = nullptr;
-  int64_t score_stride[3] = {0, 0, 0};
   int64_t k_select = 0, window = 0;
-  const float* tau = nullptr;        // [B,Hkv,Sq]
-  const float* theta_val = nullptr;  // [B,Hkv,Sq]
-  const int32_t* theta_idx = nullptr;
+  const float* tau = nullptr;  // [B,Hkv,Sq] (the gate; the selection's rows come with the union)
   const int32_t* union_idx = nullptr;   // [B,Hkv,n_tiles,union_cap]
   const int32_t* union_rows = nullptr;  // [B,Hkv,n_tiles,union_cap] (SelectParams)
   const float* union_u = nullptr;       // [B,Hkv,n_tiles,union_cap]
