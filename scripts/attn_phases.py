@@ -9,8 +9,8 @@ kernel then prints, per CTA, the cycles one thread of each warpgroup spent in ea
 import collections
 import sys
 
-PRODUCER = ["work-tile header", "Q-empty wait", "Q issue + row thresholds", "index loads",
-            "K-empty wait", "V-empty wait", "copy issue", "metadata (search, slot)",
+PRODUCER = ["work-tile header", "Q-empty wait", "Q issue", "metadata loads",
+            "K-empty wait", "V-empty wait", "copy issue", "metadata slot (wait, store)",
             "next-tile wait"]
 CONSUMER = ["Q wait", "K wait", "V wait", "S = QK^T wait", "metadata wait",
             "mask + softmax + gate", "P V wait", "issue, rescale, convert",

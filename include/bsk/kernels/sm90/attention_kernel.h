@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
             // The gathered tile's key metadata, one key per producer thread (kBlockN = 128):
             // (j, n_j, u_j) as the selection kernel left them with the tile's union, into the
             // slot once its previous tile's readers are done; released by a plain arrive.
-            static_assert(!kMeta || kBlockN == 128, "one metadata key per producer thread");
+            static_assert(kBlockN == 128, "one metadata key per producer thread");
             const bool meta_ok = t.gathered && tid < t.count;
             const int32_t jm = meta_ok ? __ldg(t.list + tid) : INT32_MAX;
             const int32_t nm = meta_ok ? __ldg(t.rows + tid) : 0;

@@ -27,7 +27,7 @@ struct AttnTraits {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
   // O leaves through shared memory as 16-byte chunks (epilogue.h): measured faster for SparseK
-  // and slower for dense attention (see docs/kernel_notes.md, v8).
+  // and slower for dense attention (see docs/kernel_notes.md, v9).
   static constexpr bool kStagedEpilogue = kStagedEpilogue_;
   static constexpr int kConsumerWGs = kBlockM / kWgRows;
   static constexpr int kThreads = 128 * (1 + kConsumerWGs);
@@ -35,8 +35,8 @@ struct AttnTraits {
   // kEntryRegs per thread (__launch_bounds__(kThreads, 1)), and what the consumers gain the
   // producer must give up, or the consumers' setmaxnreg.inc waits forever.
   // 72 / 216 (= 504): with fewer than 72 the persistent producer spills its per-work-tile
-  // state in the KV loop; at 216 only the SparseK D=128 consumer reloads a few loop-invariant
-  // values per tile (ptxas: dense 0 spill bytes, SparseK D=128 144).
+  // state in the KV loop; at 216 no consumer reloads anything inside the KV loop (ptxas spills
+  // around the epilogue and the work-tile boundary only: dense D=128 0 bytes, SparseK D=128 200).
   static constexpr int kEntryRegs = (65536 / kThreads) / 8 * 8;  // 168 at 384 threads
   static constexpr int kProducerRegs = 72;
   static constexpr int kConsumerRegs = 216;
@@ -85,7 +85,7 @@ struct AttnTraits {
     // only): the producer's stores are released to the consumers' reads, and their reads
     // (arrivals after the gate) to the producer's reuse of the slot.
     int32_t key_idx[kMetaSlots][kBlockN];   // key index j (INT32_MAX past the tile's end)
-    int32_t key_rows[kMetaSlots][kBlockN];  // rows 0 .. n-1 of the CTA select j by score
+    int32_t key_rows[kMetaSlots][kBlockN];  // n_j: rows below it select j where it is a candidate
     float key_u[kMetaSlots][kBlockN];       // score u_j (0 where not finite), for the gate
     alignas(8) uint64_t bar_q;
     uint64_t bar_q_empty;  // Q consumed (after the tile's last S = Q K^T): next tile's Q may load
