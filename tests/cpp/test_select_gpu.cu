@@ -283,18 +283,21 @@ int compare(const Case& c, const std::vector<float>& u, const Result& r) {
     // j in C_p with (u_j, j) >= theta_p. NaN rows select nothing; theta = (-inf, -1) selects
     // every candidate (n_p <= k) and (+inf, -1) none (k = 0).
     const int64_t nt = r.n_tiles;
+    // Whether query row i selects candidate j (j < n_cand of the row), by the reference.
+    auto selects = [&](int64_t i, int64_t j) {
+      const auto& q = info[static_cast<std::size_t>(bh * c.Sq + i)];
+      const double x = ud[(b * c.Sk + j) * c.H + h];
+      return !std::isnan(q.tau) &&
+             (q.theta_idx < 0 ? q.theta_val < 0
+                              : (x > q.theta_val || (x == q.theta_val && j >= q.theta_idx)));
+    };
     std::vector<char> in(static_cast<std::size_t>(c.Sk));
     for (int64_t t = 0; t < nt; ++t) {
       std::fill(in.begin(), in.end(), 0);
       for (int64_t i = t * c.tile_q; i < std::min(c.Sq, (t + 1) * c.tile_q); ++i) {
-        const auto& q = info[static_cast<std::size_t>(bh * c.Sq + i)];
-        if (std::isnan(q.tau)) continue;
-        for (int64_t j = 0; j < q.n_cand; ++j) {
-          const double x = ud[(b * c.Sk + j) * c.H + h];
-          if (q.theta_idx < 0 ? q.theta_val < 0
-                              : (x > q.theta_val || (x == q.theta_val && j >= q.theta_idx)))
-            in[j] = 1;
-        }
+        const int64_t n_cand = info[static_cast<std::size_t>(bh * c.Sq + i)].n_cand;
+        for (int64_t j = 0; j < n_cand; ++j)
+          if (selects(i, j)) in[j] = 1;
       }
       std::vector<int> want;
       for (int64_t j = 0; j < c.Sk; ++j)
@@ -317,13 +320,8 @@ int compare(const Case& c, const std::vector<float>& u, const Result& r) {
         const int nj = r.urows[at];
         if (nj < 0 || nj > 128) fail("key " + std::to_string(j) + ": rows " + std::to_string(nj));
         for (int64_t i = t * 128; i < std::min(c.Sq, (t + 1) * 128); ++i) {
-          const auto& q = info[static_cast<std::size_t>(bh * c.Sq + i)];
-          if (j >= q.n_cand) continue;
-          const double xd = ud[(b * c.Sk + j) * c.H + h];
-          const bool sel =
-              !std::isnan(q.tau) &&
-              (q.theta_idx < 0 ? q.theta_val < 0
-                               : (xd > q.theta_val || (xd == q.theta_val && j >= q.theta_idx)));
+          if (j >= info[static_cast<std::size_t>(bh * c.Sq + i)].n_cand) continue;
+          const bool sel = selects(i, j);
           if (sel != (i - t * 128 < nj))
             fail("bh=" + std::to_string(bh) + " tile " + std::to_string(t) + " key " +
                  std::to_string(j) + ": row " + std::to_string(i) +
