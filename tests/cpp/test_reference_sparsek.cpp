@@ -364,10 +364,11 @@ TEST(RefSparseK, Properties) {
   EXPECT_GT(ranges_checked, 1000);
 }
 
-// The sm_90a attention kernel's membership test relies on this: ordering the rows' thresholds
-// with "every candidate selected" (tau = -inf) lowest, NaN rows highest and (theta_val,
-// theta_idx) in between, the threshold never decreases from one row to the next, so the rows
-// of a query tile that a key's (u_j, j) reaches are a prefix of the tile.
+// The sm_90a kernels' membership test relies on this: ordering the rows' thresholds with "every
+// candidate selected" (tau = -inf) lowest, NaN rows highest and (theta_val, theta_idx) in
+// between, the threshold never decreases from one row to the next, so each key is selected on
+// one contiguous range of rows ([j + 1, D_j] in prefix length), and the selection can hand the
+// attention kernel one row count n_j per key of a query tile's union (sc::union_rows).
 TEST(RefSparseK, ThresholdOrderNonDecreasingAlongRows) {
   std::mt19937_64 rng(0x5eed0009);
   auto cls = [](const SparseKQuery& r) { return r.tau == -kInf ? 0 : std::isnan(r.tau) ? 2 : 1; };
