@@ -52,6 +52,7 @@ std::size_t align_up(std::size_t x) {
 struct FwdWorkspace {
   std::size_t off_tau = 0, off_theta_val = 0, off_theta_idx = 0, off_n_active = 0;
   std::size_t off_union = 0, off_union_rows = 0, off_union_u = 0, off_union_cnt = 0;
+  std::size_t off_union_old = 0;
   std::size_t off_select = 0, total = 0;
   int tile_q = 128;
   int64_t n_tiles = 0, union_cap = 0;
@@ -92,6 +93,7 @@ FwdWorkspace plan_workspace(const kernels::SelectParams& sp, int64_t head_dim) {
   w.off_union_rows = take(tiles * static_cast<std::size_t>(w.union_cap) * 4);
   w.off_union_u = take(tiles * static_cast<std::size_t>(w.union_cap) * 4);
   w.off_union_cnt = take(tiles * 4);
+  w.off_union_old = take(tiles * 4);
   kernels::SelectParams probe = sp;
   probe.tile_q = w.tile_q;
   probe.union_cap = w.union_cap;
@@ -224,6 +226,7 @@ void sparsek_attention_fwd(const SparseKFwdArgs& a) {
   sp.union_rows = reinterpret_cast<int32_t*>(base + w.off_union_rows);
   sp.union_u = reinterpret_cast<float*>(base + w.off_union_u);
   sp.union_cnt = reinterpret_cast<int32_t*>(base + w.off_union_cnt);
+  sp.union_old = reinterpret_cast<int32_t*>(base + w.off_union_old);
   sp.tile_q = w.tile_q;
   sp.union_cap = w.union_cap;
   sp.workspace = base + w.off_select;
@@ -241,6 +244,7 @@ void sparsek_attention_fwd(const SparseKFwdArgs& a) {
   p.union_rows = sp.union_rows;
   p.union_u = sp.union_u;
   p.union_cnt = sp.union_cnt;
+  p.union_old = sp.union_old;
   p.tile_q = w.tile_q;
   p.union_cap = w.union_cap;
   try {

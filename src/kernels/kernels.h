@@ -36,6 +36,11 @@ struct AttnFwdParams {
 // union_cnt [B,Hkv,n_tiles] int32 its length (<= min(k_select + tile_q, Sk)). With union_rows
 // and union_u (same shape as union_idx; tile_q must be 128), per union key j: n_j such that a row
 // r of the tile for which j is a candidate selects j iff r < n_j, and u_j (0 where not finite).
+// With union_old ([B,Hkv,n_tiles] int32, optional): how many leading union keys are candidates of
+// the tile's first row, i.e. j < L0 = max(0, p0 - window + 1) (p0 + 1 when window = 0), where p0
+// is that row's position. Only the keys selected by that row can be among them (a key that
+// leaves a selection never returns), so there are at most k_select; the rest lie in
+// [L0, L0 + tile_q - 1), the first window tile's keys.
 struct SelectParams {
   const float* scores = nullptr;
   int64_t batch = 0, seqlen_k = 0, num_heads_kv = 0, seqlen_q = 0;
@@ -49,6 +54,7 @@ struct SelectParams {
   int32_t* union_rows = nullptr;
   float* union_u = nullptr;
   int32_t* union_cnt = nullptr;
+  int32_t* union_old = nullptr;
   int tile_q = 128;
   int64_t union_cap = 0;
   void* workspace = nullptr;  // >= select_workspace_bytes(params), device memory
@@ -64,6 +70,7 @@ struct SparseKFwdParams {
   const int32_t* union_rows = nullptr;  // [B,Hkv,n_tiles,union_cap] (SelectParams)
   const float* union_u = nullptr;       // [B,Hkv,n_tiles,union_cap]
   const int32_t* union_cnt = nullptr;   // [B,Hkv,n_tiles]
+  const int32_t* union_old = nullptr;   // [B,Hkv,n_tiles] (SelectParams)
   int tile_q = 128;
   int64_t union_cap = 0;
 };

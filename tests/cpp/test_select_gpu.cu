@@ -149,7 +149,7 @@ std::string name(const Case& c) {
 
 struct Result {
   std::vector<float> tau, theta_val;
-  std::vector<int32_t> theta_idx, n_active, uidx, ucnt, urows;
+  std::vector<int32_t> theta_idx, n_active, uidx, ucnt, urows, uold;
   std::vector<float> uu;
   int64_t n_tiles = 0, cap = 0;
   float ms = 0;  // median time of one selection (timing runs only)
@@ -168,6 +168,7 @@ Result run_kernel(const Case& c, const std::vector<float>& u, int timing_reps = 
   const std::size_t tiles = static_cast<std::size_t>(c.B * c.H * r.n_tiles);
   DevBuf<int32_t> uidx(c.with_union ? tiles * static_cast<std::size_t>(r.cap) : 0);
   DevBuf<int32_t> ucnt(c.with_union ? tiles : 0);
+  DevBuf<int32_t> uold(c.with_union ? tiles : 0);
   // Row counts and scores of the union keys: for 128-query tiles (the attention kernel's).
   const bool with_rows = c.with_union && c.tile_q == 128;
   DevBuf<int32_t> urows(with_rows ? tiles * static_cast<std::size_t>(r.cap) : 0);
@@ -189,6 +190,7 @@ Result run_kernel(const Case& c, const std::vector<float>& u, int timing_reps = 
   p.n_active = na.p;
   p.union_idx = c.with_union ? uidx.p : nullptr;
   p.union_cnt = c.with_union ? ucnt.p : nullptr;
+  p.union_old = c.with_union ? uold.p : nullptr;
   p.union_rows = with_rows ? urows.p : nullptr;
   p.union_u = with_rows ? uu.p : nullptr;
   p.tile_q = c.tile_q;
@@ -202,6 +204,7 @@ Result run_kernel(const Case& c, const std::vector<float>& u, int timing_reps = 
   na.poison();
   uidx.poison();
   ucnt.poison();
+  uold.poison();
   urows.poison();
   uu.poison();
   bsk::kernels::sparsek_select(p);
@@ -231,6 +234,7 @@ Result run_kernel(const Case& c, const std::vector<float>& u, int timing_reps = 
   r.n_active = na.get();
   r.uidx = uidx.get();
   r.ucnt = ucnt.get();
+  r.uold = uold.get();
   r.urows = urows.get();
   r.uu = uu.get();
   return r;
@@ -310,7 +314,21 @@ int compare(const Case& c, const std::vector<float>& u, const Result& r) {
       if (got != want)
         fail("bh=" + std::to_string(bh) + " tile " + std::to_string(t) + ": union of " +
              std::to_string(cnt) + " keys vs " + std::to_string(want.size()));
-      if (r.urows.empty() || got != want) continue;
+      if (got != want) continue;
+      // The leading union keys that are candidates of the tile's first row.
+      const int64_t l0 = info[static_cast<std::size_t>(bh * c.Sq + t * c.tile_q)].n_cand;
+      const int32_t want_old = static_cast<int32_t>(
+          std::count_if(got.begin(), got.end(), [&](int j) { return j < l0; }));
+      if (r.uold[bh * nt + t] != want_old)
+        fail("bh=" + std::to_string(bh) + " tile " + std::to_string(t) + ": " +
+             std::to_string(r.uold[bh * nt + t]) + " old union keys vs " +
+             std::to_string(want_old));
+      // What the attention kernel relies on: at most k of them, and the others inside the
+      // first window tile [l0, l0 + tile_q - 1).
+      if (want_old > c.k || (!got.empty() && got.back() >= l0 + c.tile_q - 1))
+        fail("bh=" + std::to_string(bh) + " tile " + std::to_string(t) + ": " +
+             std::to_string(want_old) + " old union keys, last key " + std::to_string(got.back()));
+      if (r.urows.empty()) continue;
       // Per union key j: n_j, such that every row r of the tile with j among its candidates
       // selects j (by the reference) exactly when r < n_j; and its score (0 if not finite).
       for (std::size_t e = 0; e < got.size(); ++e) {

@@ -18,10 +18,11 @@ template <class Element, int kHeadDim>
 void run_sparsek_fwd(const kernels::SparseKFwdParams& p) {
   static_assert(FwdTraits<Element, kHeadDim, true>::kBlockM == 128, "union tiles are 128 queries");
   if (p.tile_q != 128 || p.union_idx == nullptr || p.union_rows == nullptr ||
-      p.union_u == nullptr || p.union_cnt == nullptr)
+      p.union_u == nullptr || p.union_cnt == nullptr || p.union_old == nullptr)
     throw CudaError(
         "sparsek_attention_fwd kernel: needs the selection's 128-query tile unions with their "
-        "row counts and scores (union_idx, union_rows, union_u, union_cnt)");
+        "row counts, scores and old-key counts (union_idx, union_rows, union_u, union_cnt, "
+        "union_old)");
   launch_attention_fwd<FwdTraits<Element, kHeadDim, true>, SparseKMode>(p, p.attn);
 }
 

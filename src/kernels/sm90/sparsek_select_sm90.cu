@@ -104,6 +104,7 @@ struct KArgs {
   int32_t* union_rows = nullptr;
   float* union_u = nullptr;
   int32_t* union_cnt = nullptr;
+  int32_t* union_old = nullptr;  // nullable
   int tile_q = 1, n_tiles = 0;
   int64_t union_cap = 0;
   int wdlog = 5;
@@ -379,9 +380,10 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     // n_j = the tile's rows with L(i) <= D_j: sc::union_rows, written out here (calling it
     // changes ptxas' allocation for the whole kernel, and that build has not been measured).
     const int64_t row_off = plan.lbase + static_cast<int64_t>(t) * a.tile_q;
-    int newcnt = 0;
+    int newcnt = 0, oldcnt = 0;  // oldcnt: emitted keys j < la (candidates of the first row)
     auto emit = [&](bool pred, int j, int64_t dj) {
       const unsigned m = __ballot_sync(0xffffffffu, pred);
+      oldcnt += __popc(__ballot_sync(0xffffffffu, pred && j < la));
       const int at = newcnt + __popc(m & ((1u << lane) - 1u));
       if (pred && at < cap) {
         out[at] = j;
@@ -419,7 +421,10 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
       const int64_t dj = static_cast<int64_t>(d[j < lb ? j : 0]);
       emit(j < lb && sc::in_union(dj, j, la, lb), j, dj);
     }
-    if (lane == 0) a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
+    if (lane == 0) {
+      a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
+      if (a.union_old) a.union_old[static_cast<int64_t>(bh) * a.n_tiles + t] = oldcnt;
+    }
     cnt = newcnt < cap ? newcnt : static_cast<int>(cap);
     prev_lb = lb;
     __syncwarp();
@@ -693,6 +698,7 @@ KArgs base_args(const SelectParams& p) {
   a.union_rows = p.union_rows;
   a.union_u = p.union_u;
   a.union_cnt = p.union_cnt;
+  a.union_old = p.union_old;
   a.tile_q = std::max(p.tile_q, 1);
   a.n_tiles = static_cast<int>((p.seqlen_q + a.tile_q - 1) / a.tile_q);
   a.union_cap = p.union_cap;

@@ -164,9 +164,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           if (!is_v) {
             // The gathered tile's key metadata, one key per producer thread (kBlockN = 128):
             // (j, n_j, u_j) as the selection kernel left them with the tile's union, into the
-            // slot once its previous tile's readers are done; released by a plain arrive.
+            // slot once its previous tile's readers are done; released by a plain arrive. A
+            // mixed tile's selected keys are scattered to their columns (n_j = 0 elsewhere).
             static_assert(kBlockN == 128, "one metadata key per producer thread");
-            const bool meta_ok = t.gathered && tid < t.count;
+            const bool meta_ok = (t.gathered || t.mixed) && tid < t.meta_count;
             const int32_t jm = meta_ok ? __ldg(t.list + tid) : INT32_MAX;
             const int32_t nm = meta_ok ? __ldg(t.rows + tid) : 0;
             const float um = meta_ok ? __ldg(t.u + tid) : 0.f;
@@ -180,6 +181,16 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
               sm.key_u[slot][tid] = um;
               // The producer threads read each other's key indices below (and for V).
               asm volatile("bar.sync 1, 128;\n" ::: "memory");
+            } else if (t.mixed) {
+              // Only the consumers read key_rows / key_u (the contiguous K/V copies need no
+              // indices): clear the slot's columns, then scatter.
+              sm.key_rows[slot][tid] = 0;
+              sm.key_u[slot][tid] = 0.f;
+              asm volatile("bar.sync 1, 128;\n" ::: "memory");
+              if (meta_ok) {
+                sm.key_rows[slot][jm - int(t.start)] = nm;
+                sm.key_u[slot][jm - int(t.start)] = um;
+              }
             }
             Barrier::arrive(&sm.bar_meta_full[slot]);
             pc.lap(7);
@@ -298,7 +309,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         const int slot = gk % kMetaSlots;
         pc.lap(7);
         if constexpr (kMeta) {
-          if (t.gathered) Barrier::wait(&sm.bar_meta_full[slot], (gk / kMetaSlots) & 1);
+          if (t.gathered || t.mixed) Barrier::wait(&sm.bar_meta_full[slot], (gk / kMetaSlots) & 1);
         }
         pc.lap(4);
         // (Dense: ptxas places the wait for the previous tile's P V, which follows, above this

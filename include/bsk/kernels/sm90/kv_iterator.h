@@ -3,7 +3,13 @@
 //  - DenseKvIterator: contiguous tiles over [0, kv_end) (kv_end cut at the causal diagonal).
 //  - SparseKKvIterator: first the gathered tiles of the query tile's selection union (a sorted
 //    list built by the selection kernel), then the window as contiguous tiles over
-//    [max(0, p0 - window + 1), p1], where p0..p1 are the tile's query positions.
+//    [max(0, p0 - window + 1), p1], where p0..p1 are the tile's query positions. With a window,
+//    the union keys inside the first window tile (selected by rows for which they are already
+//    candidates, while older rows still see them in their window) are not gathered: that
+//    tile is "mixed", its keys' n_j and u_j go into a metadata slot and one mask covers both
+//    roles. The gathered tiles then hold only the keys every row may select, at most k_select
+//    of them (a union of k + 1 .. k + 127 keys would otherwise cost one more, mostly empty,
+//    tile).
 #pragma once
 
 #include <cstdint>
@@ -18,7 +24,9 @@ struct KvTile {
   const int32_t* rows = nullptr;  // gathered tile: rows of the CTA that select each key (n_j)
   const float* u = nullptr;       // gathered tile: each key's score (0 where not finite)
   int count = 0;                  // valid rows, <= kBlockN
+  int meta_count = 0;             // gathered or mixed tile: entries of list/rows/u
   bool gathered = false;
+  bool mixed = false;  // contiguous tile whose selected keys' (j, n_j, u_j) are list/rows/u
 };
 
 // Key positions are 32-bit here (the API guarantees Sk < 2^31): the iterators live in the
@@ -53,7 +61,8 @@ struct SparseKKvIterator {
   const int32_t* list = nullptr;
   const int32_t* rows = nullptr;
   const float* u = nullptr;
-  int list_count = 0;
+  int old_count = 0;  // gathered union keys (list[0, old_count)), then the mixed tile's
+  int mix_count = 0;
   int num_gathered = 0;
   int win_lo = 0, win_end = 0;
   int num_tiles = 0;
@@ -66,8 +75,10 @@ struct SparseKKvIterator {
     list = p.union_idx + slot * p.union_cap;
     rows = p.union_rows + slot * p.union_cap;
     u = p.union_u + slot * p.union_cap;
-    list_count = p.union_cnt[slot];
-    num_gathered = (list_count + kBlockN - 1) / kBlockN;
+    const int list_count = p.union_cnt[slot];
+    old_count = p.window > 0 ? p.union_old[slot] : list_count;
+    mix_count = list_count - old_count;
+    num_gathered = (old_count + kBlockN - 1) / kBlockN;
     int64_t first_row = int64_t(m_block) * kBlockM;
     int64_t last_row =
         first_row + kBlockM - 1 < a.seqlen_q - 1 ? first_row + kBlockM - 1 : a.seqlen_q - 1;
@@ -87,12 +98,21 @@ struct SparseKKvIterator {
       t.list = list + int64_t(it) * kBlockN;
       t.rows = rows + int64_t(it) * kBlockN;
       t.u = u + int64_t(it) * kBlockN;
-      int rest = list_count - it * kBlockN;
+      int rest = old_count - it * kBlockN;
       t.count = rest < kBlockN ? rest : kBlockN;
+      t.meta_count = t.count;
     } else {
       const int start = win_lo + (it - num_gathered) * kBlockN, rest = win_end - start;
       t.start = start;
       t.count = rest < kBlockN ? rest : kBlockN;
+      if (it == num_gathered && mix_count > 0) {
+        // The union's last mix_count keys, all in [win_lo, win_lo + kBlockN - 1).
+        t.mixed = true;
+        t.list = list + old_count;
+        t.rows = rows + old_count;
+        t.u = u + old_count;
+        t.meta_count = mix_count;
+      }
     }
     return t;
   }

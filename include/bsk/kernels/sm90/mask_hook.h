@@ -157,24 +157,67 @@ struct SparseKMaskHook {
           }
         }
       }
+    } else if (t.mixed) {
+      // The first window tile with selected keys in it: row p sees [p - window + 1, p] and,
+      // below that (j <= c_p: its candidates), the keys it selects (row < n_j; n_j = 0 for the
+      // keys no row selects and past the tile's end).
+      int lo[2], hi[2];
+      window_columns(t, col0, lo, hi);
+#pragma unroll
+      for (int v = 0; v < kBlockN / 8; ++v) {
+        const int2 nn = lds_s32x2(&smem->key_rows[slot][8 * v + col0]);
+#pragma unroll
+        for (int a = 0; a < 2; ++a) {
+          const int32_t n = a ? nn.y : nn.x;
+          const int cc = 8 * v + a;
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const int e = a + 2 * b + 4 * v;
+            s(e) = (cc <= hi[b]) & ((cc >= lo[b]) | (row[b] < n)) ? s(e) : -INFINITY;
+          }
+        }
+      }
     } else {
       // Window keys: row p sees [p - window + 1, p]; a tile inside every row's window of the
       // CTA (the middle of the band) needs no mask.
       const int32_t start = int32_t(t.start);
       if (t.count == kBlockN && start >= win_all_lo && start + kBlockN - 1 <= win_all_hi) return;
-      int lo[2], hi[2];  // admissible columns [lo, hi] of the row, minus col0
-#pragma unroll
-      for (int b = 0; b < 2; ++b) {
-        lo[b] = pos[b] - window + 1 - start - col0;
-        const int h = pos[b] - start < t.count - 1 ? pos[b] - start : t.count - 1;
-        hi[b] = h - col0;
-      }
+      int lo[2], hi[2];
+      window_columns(t, col0, lo, hi);
       keep_columns<kBlockN, true>(s, lo, hi);
+    }
+  }
+
+  // A contiguous tile's window columns [lo, hi] of this thread's rows, minus col0.
+  __device__ void window_columns(const KvTile& t, int col0, int (&lo)[2], int (&hi)[2]) const {
+    const int32_t start = int32_t(t.start);
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      lo[b] = pos[b] - window + 1 - start - col0;
+      const int h = pos[b] - start < t.count - 1 ? pos[b] - start : t.count - 1;
+      hi[b] = h - col0;
     }
   }
 
   template <class Frag>
   __device__ void gate(Frag& p, const KvTile& t, int slot, int col0) const {
+    if (t.mixed) {
+      // Gate 1 in the row's window, clip(u_j - tau, 0, 1) below it (masked keys have p = 0).
+      int lo[2], hi[2];
+      window_columns(t, col0, lo, hi);
+#pragma unroll
+      for (int v = 0; v < kBlockN / 8; ++v) {
+        const float2 uu = lds_f32x2(&smem->key_u[slot][8 * v + col0]);
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const float m = sub_sat((a ? uu.y : uu.x), tau[b]);
+            p(a + 2 * b + 4 * v) *= 8 * v + a >= lo[b] ? 1.f : m;
+          }
+      }
+      return;
+    }
     if (!t.gathered) return;  // window keys have gate 1
 #pragma unroll
     for (int v = 0; v < kBlockN / 8; ++v) {
