@@ -35,6 +35,11 @@ def main():
     ap.add_argument("--D", type=int, default=128)
     ap.add_argument("--k", type=int, default=256)
     ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--slope", type=float, default=0.001,
+                    help="score slope per key position (the bench uses 1 / S)")
+    ap.add_argument("--only", choices=["all", "sparsek"], default="all")
+    ap.add_argument("--kernels", action="store_true",
+                    help="also print each CUDA kernel's mean time in the SparseK call (profiler)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     B, H, S, D = a.B, a.H, a.S, a.D
@@ -42,7 +47,7 @@ def main():
     q = torch.randn(B, S, H, D, device="cuda", dtype=dt)
     k = torch.randn_like(q)
     v = torch.randn_like(q)
-    u = torch.randn(B, S, H, device="cuda") + 0.001 * torch.arange(S, device="cuda")[None, :, None]
+    u = torch.randn(B, S, H, device="cuda") + a.slope * torch.arange(S, device="cuda")[None, :, None]
     out = torch.empty_like(q)
     lse = torch.empty(B, H, S, device="cuda")
     st = torch.cuda.current_stream().cuda_stream
@@ -56,7 +61,7 @@ def main():
         print(f"{name:28s} {ms:9.3f} ms {ms * 1e3 / H:9.2f} us/head {rows[-1]['tflops']:7.1f} TFLOP/s",
               flush=True)
 
-    for causal in (False, True):
+    for causal in ((False, True) if a.only == "all" else ()):
         f = flops_dense / (2 if causal else 1)
         add(f"bsk_dense{'_causal' if causal else ''}",
             timeit(lambda: _C.attention_fwd(q, k, v, out, lse, causal, None, st)), f)
@@ -71,6 +76,18 @@ def main():
     add(f"bsk_sparsek_k{a.k}_w{a.window}",
         timeit(lambda: _C.sparsek_attention_fwd(q, k, v, u, out, lse, a.k, a.window, None, st)),
         4.0 * B * H * S * keys * D)
+    if a.kernels:
+        from torch.profiler import ProfilerActivity, profile
+        reps = 5
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                _C.sparsek_attention_fwd(q, k, v, u, out, lse, a.k, a.window, None, st)
+            torch.cuda.synchronize()
+        for ev in prof.key_averages():
+            if ev.device_type.name == "CUDA" and ev.count >= reps:
+                dev_us = getattr(ev, "device_time_total", None) or ev.cuda_time_total
+                print(f"  kernel {ev.key[:70]:70s} {dev_us / ev.count:10.1f} us x{ev.count}",
+                      flush=True)
     tau = torch.empty(B, H, S, device="cuda")
     tv, ti, na = torch.empty_like(tau), torch.empty_like(tau, dtype=torch.int32), torch.empty_like(tau, dtype=torch.int32)
     add("bsk_select_only", timeit(lambda: _C.sparsek_select(u, S, a.k, a.window, tau, tv, ti, na, st)), 0)

@@ -3,13 +3,13 @@
 //  - DenseKvIterator: contiguous tiles over [0, kv_end) (kv_end cut at the causal diagonal).
 //  - SparseKKvIterator: first the gathered tiles of the query tile's selection union (a sorted
 //    list built by the selection kernel), then the window as contiguous tiles over
-//    [max(0, p0 - window + 1), p1], where p0..p1 are the tile's query positions. With a window,
-//    the union keys inside the first window tile (selected by rows for which they are already
-//    candidates, while older rows still see them in their window) are not gathered: that
-//    tile is "mixed", its keys' n_j and u_j go into a metadata slot and one mask covers both
-//    roles. The gathered tiles then hold only the keys every row may select, at most k_select
-//    of them (a union of k + 1 .. k + 127 keys would otherwise cost one more, mostly empty,
-//    tile).
+//    [max(0, p0 - window + 1), p1], where p0..p1 are the tile's query positions. The union keys
+//    newer than the first row's candidates (selected by later rows, while older rows still see
+//    them in their window) are not gathered: they all lie in the first window tile, which is
+//    "mixed": their n_j and u_j go into a metadata slot and one mask covers both roles (with
+//    window = 0, a mixed tile over (p0, p1] with an empty window). The gathered tiles then hold
+//    only keys that every row may select, at most k_select of them (a union of k + 1 .. k + 127
+//    keys would otherwise cost one more, mostly empty, tile).
 #pragma once
 
 #include <cstdint>
@@ -76,7 +76,7 @@ struct SparseKKvIterator {
     rows = p.union_rows + slot * p.union_cap;
     u = p.union_u + slot * p.union_cap;
     const int list_count = p.union_cnt[slot];
-    old_count = p.window > 0 ? p.union_old[slot] : list_count;
+    old_count = p.union_old[slot];
     mix_count = list_count - old_count;
     num_gathered = (old_count + kBlockN - 1) / kBlockN;
     int64_t first_row = int64_t(m_block) * kBlockM;
@@ -88,6 +88,12 @@ struct SparseKKvIterator {
       win_lo = int(p0 - p.window + 1 < 0 ? 0 : p0 - p.window + 1);
       win_end = int(p1 + 1);
       num_window = (win_end - win_lo + kBlockN - 1) / kBlockN;
+    } else if (mix_count > 0) {
+      // No window: the union keys newer than p0 (candidates of some rows only) form one mixed
+      // tile over (p0, p1] with an empty window.
+      win_lo = int(p0 + 1);
+      win_end = int(p1 + 1);
+      num_window = 1;
     }
     num_tiles = num_gathered + num_window;
   }

@@ -100,8 +100,9 @@ struct DenseMaskHook {
 // SparseK membership. Key j is selected for one contiguous range of query positions (theta_p is
 // non-decreasing in p), so within a CTA (a query tile) the rows that select a key of the tile's
 // union are those among rows 0 .. n_j - 1 where j is a candidate: the selection kernel stores n_j
-// with every union key, and the consumers' test "j in Sel_p" is "row < n_j and j <= c_p", two
-// 32-bit compares.
+// with every union key, and "j in Sel_p" is "row < n_j" for a candidate j. The gathered tiles
+// hold only keys that are candidates of every row; the newer union keys are in the mixed tile,
+// where a column is a candidate of the row exactly when it lies below the row's window.
 
 template <int kBlockN, class SharedStorage>
 struct SparseKMaskHook {
@@ -109,7 +110,6 @@ struct SparseKMaskHook {
   // 32-bit positions: the API guarantees Sk < 2^31, and 64-bit compares double the mask's cost.
   int32_t window = 0;
   int32_t pos[2] = {0, 0};
-  int32_t cand_end[2] = {0, 0};            // last candidate index c_p (keys older than the window)
   int32_t row[2] = {0, 0};                 // the rows' index in the CTA
   int32_t win_all_lo = 0, win_all_hi = 0;  // keys in the window of every row of the CTA
   float tau[2];
@@ -131,7 +131,6 @@ struct SparseKMaskHook {
       int64_t i = first + row[b];
       int64_t ic = i < a.seqlen_q ? i : a.seqlen_q - 1;
       pos[b] = int32_t(offset + i);
-      cand_end[b] = window > 0 ? pos[b] - window : pos[b];
       int64_t q = (int64_t(batch) * a.num_heads_kv + head_kv) * a.seqlen_q + ic;
       tau[b] = p.tau[q];
     }
@@ -139,30 +138,13 @@ struct SparseKMaskHook {
 
   template <class Frag>
   __device__ void mask(Frag& s, const KvTile& t, int slot, int col0) const {
-    if (t.gathered) {
-      // Union keys: j in Sel_p iff row < n_j and j <= c_p. Columns past the tile's end have
-      // j = INT32_MAX and n_j = 0.
-#pragma unroll
-      for (int v = 0; v < kBlockN / 8; ++v) {
-        const int c = 8 * v + col0;
-        const int2 jj = lds_s32x2(&smem->key_idx[slot][c]);
-        const int2 nn = lds_s32x2(&smem->key_rows[slot][c]);
-#pragma unroll
-        for (int a = 0; a < 2; ++a) {
-          const int32_t j = a ? jj.y : jj.x, n = a ? nn.y : nn.x;
-#pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const int e = a + 2 * b + 4 * v;
-            s(e) = (row[b] < n) & (j <= cand_end[b]) ? s(e) : -INFINITY;
-          }
-        }
-      }
-    } else if (t.mixed) {
-      // The first window tile with selected keys in it: row p sees [p - window + 1, p] and,
-      // below that (j <= c_p: its candidates), the keys it selects (row < n_j; n_j = 0 for the
-      // keys no row selects and past the tile's end).
+    if (t.gathered || t.mixed) {
+      // One rule for the tiles with key metadata: row p keeps column c if it is in the row's
+      // window [lo, hi], or below it (a candidate) and the row selects the key (row < n_c;
+      // n_c = 0 for keys no row selects and past the tile's end). Gathered keys are older
+      // than every row's window (the selection's union_old), so there only row < n_c counts.
       int lo[2], hi[2];
-      window_columns(t, col0, lo, hi);
+      metadata_columns(t, col0, lo, hi);
 #pragma unroll
       for (int v = 0; v < kBlockN / 8; ++v) {
         const int2 nn = lds_s32x2(&smem->key_rows[slot][8 * v + col0]);
@@ -188,7 +170,18 @@ struct SparseKMaskHook {
     }
   }
 
-  // A contiguous tile's window columns [lo, hi] of this thread's rows, minus col0.
+  // The window columns [lo, hi] of this thread's rows (minus col0) of a tile with metadata:
+  // none for a gathered tile (lo > every column, hi >= every column).
+  __device__ void metadata_columns(const KvTile& t, int col0, int (&lo)[2], int (&hi)[2]) const {
+    if (t.gathered) {
+      lo[0] = lo[1] = hi[0] = hi[1] = kBlockN;
+    } else {
+      window_columns(t, col0, lo, hi);
+    }
+  }
+
+  // A contiguous tile's window columns [lo, hi] of this thread's rows, minus col0 (with
+  // window = 0, lo = hi + 1: empty).
   __device__ void window_columns(const KvTile& t, int col0, int (&lo)[2], int (&hi)[2]) const {
     const int32_t start = int32_t(t.start);
 #pragma unroll
@@ -201,24 +194,10 @@ struct SparseKMaskHook {
 
   template <class Frag>
   __device__ void gate(Frag& p, const KvTile& t, int slot, int col0) const {
-    if (t.mixed) {
-      // Gate 1 in the row's window, clip(u_j - tau, 0, 1) below it (masked keys have p = 0).
-      int lo[2], hi[2];
-      window_columns(t, col0, lo, hi);
-#pragma unroll
-      for (int v = 0; v < kBlockN / 8; ++v) {
-        const float2 uu = lds_f32x2(&smem->key_u[slot][8 * v + col0]);
-#pragma unroll
-        for (int a = 0; a < 2; ++a)
-#pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const float m = sub_sat((a ? uu.y : uu.x), tau[b]);
-            p(a + 2 * b + 4 * v) *= 8 * v + a >= lo[b] ? 1.f : m;
-          }
-      }
-      return;
-    }
-    if (!t.gathered) return;  // window keys have gate 1
+    if (!t.gathered && !t.mixed) return;  // window keys have gate 1
+    // Gate 1 in the row's window (mixed tile), clip(u_j - tau, 0, 1) below it.
+    int lo[2], hi[2];
+    metadata_columns(t, col0, lo, hi);
 #pragma unroll
     for (int v = 0; v < kBlockN / 8; ++v) {
       const float2 uu = lds_f32x2(&smem->key_u[slot][8 * v + col0]);
@@ -229,7 +208,8 @@ struct SparseKMaskHook {
           // m = clip(u - tau, 0, 1) in one instruction. Where every candidate is selected,
           // tau = -inf gives 1; the selection stores non-finite scores as 0, which only such rows
           // (and NaN rows, whose output is NaN anyway) can select. Masked keys have p = 0.
-          p(a + 2 * b + 4 * v) *= sub_sat((a ? uu.y : uu.x), tau[b]);
+          const float m = sub_sat((a ? uu.y : uu.x), tau[b]);
+          p(a + 2 * b + 4 * v) *= 8 * v + a >= lo[b] ? 1.f : m;
         }
     }
   }
