@@ -67,8 +67,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   constexpr bool kMeta = Mode::kHasMeta;
 
   extern __shared__ char smem_raw[];
-  auto& sm = *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
-                                               ~uintptr_t(1023));
+  // 1024-byte aligned by pointer arithmetic on smem_raw itself: through an integer round trip
+  // the compiler no longer knows the storage is shared memory, and every plain access to it
+  // (epilogue stage, metadata slots, next-tile words) becomes a generic load or store.
+  const uint32_t raw_at = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  auto& sm = *reinterpret_cast<SharedStorage*>(smem_raw + ((1024u - (raw_at & 1023u)) & 1023u));
   const kernels::AttnFwdParams& a = Mode::attn(params);
   const int tid = threadIdx.x;
   const int wg = tid / 128;
