@@ -136,47 +136,45 @@ struct SparseKMaskHook {
     }
   }
 
-  template <class Frag>
-  __device__ void mask(Frag& s, const KvTile& t, int slot, int col0) const {
-    if (t.gathered || t.mixed) {
-      // One rule for the tiles with key metadata: row p keeps column c if it is in the row's
-      // window [lo, hi], or below it (a candidate) and the row selects the key (row < n_c;
-      // n_c = 0 for keys no row selects and past the tile's end). Gathered keys are older
-      // than every row's window (the selection's union_old), so there only row < n_c counts.
-      int lo[2], hi[2];
-      metadata_columns(t, col0, lo, hi);
+  // The tiles with key metadata: row p keeps column c if the row selects the key (row < n_c;
+  // n_c = 0 for keys no row selects and past the tile's end) and, in a mixed tile (kWindow),
+  // the column lies below the row's window [lo, hi] (a candidate), or inside it. Gathered keys
+  // are candidates of every row (older than every row's window: the selection's union_old).
+  template <bool kWindow, class Frag>
+  __device__ void metadata_mask(Frag& s, int slot, int col0, const int (&lo)[2],
+                                const int (&hi)[2]) const {
 #pragma unroll
-      for (int v = 0; v < kBlockN / 8; ++v) {
-        const int2 nn = lds_s32x2(&smem->key_rows[slot][8 * v + col0]);
+    for (int v = 0; v < kBlockN / 8; ++v) {
+      const int2 nn = lds_s32x2(&smem->key_rows[slot][8 * v + col0]);
 #pragma unroll
-        for (int a = 0; a < 2; ++a) {
-          const int32_t n = a ? nn.y : nn.x;
-          const int cc = 8 * v + a;
+      for (int a = 0; a < 2; ++a) {
+        const int32_t n = a ? nn.y : nn.x;
+        const int cc = 8 * v + a;
 #pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const int e = a + 2 * b + 4 * v;
-            s(e) = (cc <= hi[b]) & ((cc >= lo[b]) | (row[b] < n)) ? s(e) : -INFINITY;
-          }
+        for (int b = 0; b < 2; ++b) {
+          const int e = a + 2 * b + 4 * v;
+          const bool keep = kWindow ? (cc <= hi[b]) & ((cc >= lo[b]) | (row[b] < n)) : row[b] < n;
+          s(e) = keep ? s(e) : -INFINITY;
         }
       }
+    }
+  }
+
+  template <class Frag>
+  __device__ void mask(Frag& s, const KvTile& t, int slot, int col0) const {
+    int lo[2] = {0, 0}, hi[2] = {0, 0};
+    if (t.gathered) {
+      metadata_mask<false>(s, slot, col0, lo, hi);
+    } else if (t.mixed) {
+      window_columns(t, col0, lo, hi);
+      metadata_mask<true>(s, slot, col0, lo, hi);
     } else {
       // Window keys: row p sees [p - window + 1, p]; a tile inside every row's window of the
       // CTA (the middle of the band) needs no mask.
       const int32_t start = int32_t(t.start);
       if (t.count == kBlockN && start >= win_all_lo && start + kBlockN - 1 <= win_all_hi) return;
-      int lo[2], hi[2];
       window_columns(t, col0, lo, hi);
       keep_columns<kBlockN, true>(s, lo, hi);
-    }
-  }
-
-  // The window columns [lo, hi] of this thread's rows (minus col0) of a tile with metadata:
-  // none for a gathered tile (lo > every column, hi >= every column).
-  __device__ void metadata_columns(const KvTile& t, int col0, int (&lo)[2], int (&hi)[2]) const {
-    if (t.gathered) {
-      lo[0] = lo[1] = hi[0] = hi[1] = kBlockN;
-    } else {
-      window_columns(t, col0, lo, hi);
     }
   }
 
@@ -192,12 +190,12 @@ struct SparseKMaskHook {
     }
   }
 
-  template <class Frag>
-  __device__ void gate(Frag& p, const KvTile& t, int slot, int col0) const {
-    if (!t.gathered && !t.mixed) return;  // window keys have gate 1
-    // Gate 1 in the row's window (mixed tile), clip(u_j - tau, 0, 1) below it.
-    int lo[2], hi[2];
-    metadata_columns(t, col0, lo, hi);
+  // p *= clip(u_j - tau, 0, 1) in one instruction per element; in a mixed tile (kWindow) gate 1
+  // from the row's window on. Where every candidate is selected, tau = -inf gives 1; the
+  // selection stores non-finite scores as 0, which only such rows (and NaN rows, whose output
+  // is NaN anyway) can select. Masked keys have p = 0.
+  template <bool kWindow, class Frag>
+  __device__ void metadata_gate(Frag& p, int slot, int col0, const int (&lo)[2]) const {
 #pragma unroll
     for (int v = 0; v < kBlockN / 8; ++v) {
       const float2 uu = lds_f32x2(&smem->key_u[slot][8 * v + col0]);
@@ -205,13 +203,21 @@ struct SparseKMaskHook {
       for (int a = 0; a < 2; ++a)
 #pragma unroll
         for (int b = 0; b < 2; ++b) {
-          // m = clip(u - tau, 0, 1) in one instruction. Where every candidate is selected,
-          // tau = -inf gives 1; the selection stores non-finite scores as 0, which only such rows
-          // (and NaN rows, whose output is NaN anyway) can select. Masked keys have p = 0.
           const float m = sub_sat((a ? uu.y : uu.x), tau[b]);
-          p(a + 2 * b + 4 * v) *= 8 * v + a >= lo[b] ? 1.f : m;
+          p(a + 2 * b + 4 * v) *= kWindow && 8 * v + a >= lo[b] ? 1.f : m;
         }
     }
+  }
+
+  template <class Frag>
+  __device__ void gate(Frag& p, const KvTile& t, int slot, int col0) const {
+    int lo[2] = {0, 0}, hi[2] = {0, 0};
+    if (t.gathered) {
+      metadata_gate<false>(p, slot, col0, lo);
+    } else if (t.mixed) {
+      window_columns(t, col0, lo, hi);
+      metadata_gate<true>(p, slot, col0, lo);
+    }  // window keys have gate 1
   }
   __device__ bool row_is_nan(int b) const {
     return isnan(tau[b]);
