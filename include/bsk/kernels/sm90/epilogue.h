@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cute/arch/util.hpp>
 
 namespace bsk::sm90 {
 
@@ -72,16 +73,28 @@ struct StagedEpilogue {
       if (lse_bh && lane % 4 == 0 && i < seqlen_q) lse_bh[i] = nan_row[b] ? NAN : lse[b];
     }
     wg_sync(cw);
-    constexpr int kPerThread = 64 * kChunks / 128;
+    // Thread t copies chunk t % kChunks of rows t / kChunks + kRowsPerPass * k: one shared and
+    // one global address, each advanced by a constant per k. All chunks are loaded before the
+    // first store, so no load waits for a store to release its registers.
+    constexpr int kElems = 16 / int(sizeof(Element));
+    constexpr int kRowsPerPass = 128 / kChunks;
+    constexpr int kPerThread = 64 / kRowsPerPass;
+    static_assert(128 % kChunks == 0 && 64 % kRowsPerPass == 0, "whole passes of the warpgroup");
+    const int r0 = ctid / kChunks, q = ctid % kChunks;
+    const uint32_t s0 = cute::cast_smem_ptr_to_uint(stage + r0 * kStageCols + q * kElems);
+    constexpr uint32_t kStageStep = kRowsPerPass * kStageCols * uint32_t(sizeof(Element));
+    uint4 x[kPerThread];
 #pragma unroll
-    for (int k = 0; k < kPerThread; ++k) {
-      const int c = ctid + 128 * k, r = c / kChunks, q = c % kChunks;
-      const int64_t i = wg_first_row + r;
-      if (i >= seqlen_q) continue;
-      const uint4 x =
-          *reinterpret_cast<const uint4*>(stage + r * kStageCols + q * (16 / int(sizeof(Element))));
-      *reinterpret_cast<uint4*>(out_bh + i * row_stride + q * (16 / int(sizeof(Element)))) = x;
-    }
+    for (int k = 0; k < kPerThread; ++k)
+      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(x[k].x), "=r"(x[k].y), "=r"(x[k].z), "=r"(x[k].w)
+                   : "r"(s0 + k * kStageStep));
+    const int64_t row = wg_first_row + r0;
+    char* g = reinterpret_cast<char*>(out_bh + row * row_stride + q * kElems);
+    const int64_t g_step = int64_t(kRowsPerPass) * row_stride * int64_t(sizeof(Element));
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k)
+      if (row + k * kRowsPerPass < seqlen_q) *reinterpret_cast<uint4*>(g + k * g_step) = x[k];
   }
 };
 
