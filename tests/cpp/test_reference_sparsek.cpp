@@ -350,6 +350,18 @@ TEST(RefSparseK, Properties) {
             for (int64_t i = i0; i < std::min(c.Sq, i0 + T); ++i)
               uni.insert(sel[i].begin(), sel[i].end());
             ASSERT_LE(static_cast<int64_t>(uni.size()), kk + T) << "T=" << T << " i0=" << i0;
+            // What the attention kernel's tile split relies on (the selection's union_old): at
+            // most k union keys are candidates of the block's first row (all of them are
+            // selected by that row), and the others lie in [L0, L0 + T - 1), the first window
+            // tile's keys.
+            const int64_t l0 = info[(b * c.Hkv + h) * c.Sq + i0].n_cand;
+            int64_t old = 0;
+            for (int64_t j : uni) {
+              old += j < l0;
+              if (j < l0) ASSERT_TRUE(sel[i0].count(j)) << "T=" << T << " i0=" << i0 << " j=" << j;
+              ASSERT_LT(j, l0 + T - 1) << "T=" << T << " i0=" << i0;
+            }
+            ASSERT_LE(old, kk) << "T=" << T << " i0=" << i0;
           }
         }
         // {p : j in A_p} is a contiguous range of rows (what the backward kernels rely on).
