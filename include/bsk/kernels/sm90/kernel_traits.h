@@ -26,8 +26,9 @@ struct AttnTraits {
   static constexpr int kWgRows = 64;  // rows per consumer warpgroup
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
-  // O leaves through shared memory as 16-byte chunks (epilogue.h): measured faster for SparseK
-  // and slower for dense attention (see docs/kernel_notes.md, v9).
+  // O leaves through shared memory as 16-byte chunks (epilogue.h): measured faster for SparseK.
+  // Dense attention keeps the direct epilogue: slower staged at v9; after v14's copy fix a staged
+  // variant measured faster non-causal but has not run the tests yet (docs/kernel_notes.md).
   static constexpr bool kStagedEpilogue = kStagedEpilogue_;
   static constexpr int kConsumerWGs = kBlockM / kWgRows;
   static constexpr int kThreads = 128 * (1 + kConsumerWGs);
@@ -35,8 +36,8 @@ struct AttnTraits {
   // kEntryRegs per thread (__launch_bounds__(kThreads, 1)), and what the consumers gain the
   // producer must give up, or the consumers' setmaxnreg.inc waits forever.
   // 72 / 216 (= 504): with fewer than 72 the persistent producer spills its per-work-tile
-  // state in the KV loop; at 216 no consumer reloads anything inside the KV loop (ptxas spills
-  // around the epilogue and the work-tile boundary only: dense D=128 0 bytes, SparseK D=128 200).
+  // state in the KV loop; at 216 no consumer reloads anything inside the KV loop (ptxas: no
+  // spills in any of the eight instantiations since v14).
   static constexpr int kEntryRegs = (65536 / kThreads) / 8 * 8;  // 168 at 384 threads
   static constexpr int kProducerRegs = 72;
   static constexpr int kConsumerRegs = 216;
@@ -78,12 +79,13 @@ struct AttnTraits {
     alignas(1024) Element v[kKVElems];
     // Output staging of the epilogue: each consumer warpgroup's 64 rows, padded by 16 bytes.
     alignas(16) Element o_stage[kStagedEpilogue ? kBlockM * (kHeadDim + 8) : 8];
-    // Key metadata of gathered tiles (j, n_j and u_j as the selection left them with the tile's
-    // union), in a ring of its own that is deeper than the K ring: the mask/gate hook still reads
-    // tile i's metadata after the K stage of tile i has been released, and the producer reads
-    // the key indices again for V. Each slot has its own "full" and "empty" barriers (SparseK
-    // only): the producer's stores are released to the consumers' reads, and their reads
-    // (arrivals after the gate) to the producer's reuse of the slot.
+    // Key metadata of gathered and mixed tiles (j, n_j and u_j as the selection left them with
+    // the tile's union; a mixed tile fills only n_j and u_j, by column), in a ring of its own
+    // that is deeper than the K ring: the mask/gate hook still reads tile i's metadata after
+    // the K stage of tile i has been released, and the producer reads the key indices again
+    // for V. Each slot has its own "full" and "empty" barriers (SparseK only): the producer's
+    // stores are released to the consumers' reads, and their reads (arrivals after the gate)
+    // to the producer's reuse of the slot.
     int32_t key_idx[kMetaSlots][kBlockN];   // key index j (INT32_MAX past the tile's end)
     int32_t key_rows[kMetaSlots][kBlockN];  // n_j: rows below it select j where it is a candidate
     float key_u[kMetaSlots][kBlockN];       // score u_j (0 where not finite), for the gate
