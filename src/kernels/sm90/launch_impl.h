@@ -11,7 +11,7 @@ using FwdTraits = AttnTraits<Element, kHeadDim, /*kBlockN=*/128, /*kStages=*/2, 
 
 template <class Element, int kHeadDim>
 void run_dense_fwd(const kernels::AttnFwdParams& p) {
-  launch_attention_fwd<FwdTraits<Element, kHeadDim, false>, DenseMode>(p, p);
+  launch_attention_fwd<FwdTraits<Element, kHeadDim, true>, DenseMode>(p, p);
 }
 
 template <class Element, int kHeadDim>

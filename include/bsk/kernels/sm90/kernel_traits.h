@@ -26,9 +26,8 @@ struct AttnTraits {
   static constexpr int kWgRows = 64;  // rows per consumer warpgroup
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
-  // O leaves through shared memory as 16-byte chunks (epilogue.h): measured faster for SparseK.
-  // Dense attention keeps the direct epilogue: slower staged at v9; after v14's copy fix a staged
-  // variant measured faster non-causal but has not run the tests yet (docs/kernel_notes.md).
+  // O leaves through shared memory as 16-byte chunks (epilogue.h): measured faster for SparseK
+  // and, since v14's copy, for dense attention too (docs/kernel_notes.md, v15).
   static constexpr bool kStagedEpilogue = kStagedEpilogue_;
   static constexpr int kConsumerWGs = kBlockM / kWgRows;
   static constexpr int kThreads = 128 * (1 + kConsumerWGs);
