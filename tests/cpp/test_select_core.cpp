@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "bsk/kernels/sm90/sparsek_select_core.h"
-#include "bsk/kernels/sm90/sparsek_select_rows.h"
 
 namespace sc = bsk::select_core;
 
@@ -327,127 +326,6 @@ EmuOut select_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_
   return o;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Emulation of the row-parallel kernel (sparsek_select_rows.h): per-head rank boundaries, per
-// tile of kRowTile rows the base / tile-key arrays, the tile's first and last rows with full
-// search ranges, the others bracketed by them, D_j from theta's ranks.
-// ---------------------------------------------------------------------------------------------
-struct HostTile {
-  std::vector<uint16_t> cb;
-  std::vector<int64_t> sb;
-  std::vector<uint8_t> tm;
-  std::vector<uint32_t> mask;
-  std::vector<int64_t> cs;
-  sc::TileView view() const {
-    sc::TileView t;
-    t.cb = cb.data();
-    t.sb = sb.data();
-    t.tm = tm.data();
-    t.mask = mask.data();
-    t.cs = cs.data();
-    return t;
-  }
-};
-
-HostTile build_row_tile(const HostKeys& keys, int l0) {
-  const int n = keys.n;
-  HostTile t;
-  t.cb.assign(n + 1, 0);
-  t.sb.assign(n + 1, 0);
-  t.tm.assign(n + 1, 0);
-  std::vector<int> order;  // tile keys q in rank order
-  for (int r = 0; r < n; ++r) {
-    const int j = keys.idx(r);
-    const bool base = j < l0, tile = j >= l0 && j < l0 + sc::kRowTile;
-    t.cb[r + 1] = static_cast<uint16_t>(t.cb[r] + (base ? 1 : 0));
-    t.sb[r + 1] = t.sb[r] + (base ? keys.v(r) : 0);
-    t.tm[r + 1] = static_cast<uint8_t>(t.tm[r] + (tile ? 1 : 0));
-    if (tile) order.push_back(j - l0);
-  }
-  t.mask.assign(4 * (sc::kRowTile + 1), 0);
-  for (size_t c = 0; c < order.size(); ++c) {
-    for (int w = 0; w < 4; ++w) t.mask[4 * (c + 1) + w] = t.mask[4 * c + w];
-    t.mask[4 * (c + 1) + order[c] / 32] |= 1u << (order[c] % 32);
-  }
-  for (size_t c = order.size() + 1; c <= static_cast<size_t>(sc::kRowTile); ++c)
-    for (int w = 0; w < 4; ++w) t.mask[4 * c + w] = t.mask[4 * order.size() + w];
-  t.cs.assign(sc::kCsEntries, 0);
-  for (int g = 0; g < sc::kGroups; ++g) {
-    int64_t acc = 0;
-    for (int c = 0; c < sc::kRowTile; ++c) {
-      const size_t q = static_cast<size_t>(c);
-      if (q < order.size() && order[q] < sc::kGroup * g) acc += keys.v(keys.pos(l0 + order[q]));
-      t.cs[g * sc::kCsStride + c + 1] = acc;
-    }
-  }
-  return t;
-}
-
-EmuOut select_rows_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window,
-                           int tile_q) {
-  const int n = static_cast<int>(u.size());
-  Sorted s = sort_keys(u);
-  HostKeys keys = s.keys();
-  sc::RowPlan p = sc::make_plan(n, sq, k, window, s.fnf);
-  EmuOut o;
-  o.tau.assign(sq, -12345.f);
-  o.theta_val.assign(sq, -12345.f);
-  o.theta_idx.assign(sq, -12345);
-  o.n_active.assign(sq, -12345);
-  auto put = [&](int64_t i, const sc::RowOut& r) {
-    EXPECT_EQ(o.theta_idx[i], -12345) << "row " << i << " written twice";
-    o.tau[i] = r.tau;
-    o.theta_val[i] = r.theta_val;
-    o.theta_idx[i] = r.theta_idx;
-    o.n_active[i] = r.n_active;
-  };
-  for (int64_t i = 0; i < sq; ++i) {
-    int kind = sc::row_kind(p, p.row_L(i));
-    if (kind == 0) put(i, sc::trivial_row());
-    if (kind == 1) put(i, sc::nan_row());
-  }
-  std::vector<int> a1(n), am1(n);
-  for (int r = 0; r < n; ++r) {
-    a1[r] = sc::first_lt(keys, keys.v(r) + s.fx.one, 0, n);
-    am1[r] = sc::first_lt(keys, keys.v(r) - s.fx.one + 1, 0, n);
-  }
-  const int64_t rows = p.computed_rows();
-  std::vector<int> th(static_cast<size_t>(std::max<int64_t>(rows, 0)), -1);
-  for (int64_t x0 = 0; x0 < rows; x0 += sc::kRowTile) {
-    const int l0 = static_cast<int>(p.llo + x0);
-    const int nr = static_cast<int>(std::min<int64_t>(sc::kRowTile, rows - x0));
-    HostTile t = build_row_tile(keys, l0);
-    const sc::TileView tv = t.view();
-    auto solve = [&](int i, const sc::RowBounds& b) {
-      const sc::RowCtx c = sc::make_row_ctx(keys, l0, i);
-      return sc::solve_row(keys, a1.data(), am1.data(), tv, c, k, s.fx, b);
-    };
-    const sc::RowSolve first = solve(0, sc::full_bounds(n));
-    const sc::RowSolve last = nr > 1 ? solve(nr - 1, sc::full_bounds(n)) : first;
-    sc::RowBounds b;
-    b.th_lo = last.th;
-    b.th_hi = first.th;
-    b.g_lo = last.g;
-    b.g_hi = first.g;
-    for (int i = 0; i < nr; ++i) {
-      const sc::RowSolve r = i == 0 ? first : (i == nr - 1 ? last : solve(i, b));
-      th[x0 + i] = r.th;
-      put(l0 + i - p.lbase, r.out);
-    }
-  }
-  o.d.assign(n, 0);
-  for (int j = 0; j < n; ++j)
-    o.d[j] = sc::d_from_theta(p, j, keys.pos(j), [&](int64_t x) { return th[x]; });
-  const int64_t ntiles = (sq + tile_q - 1) / tile_q;
-  o.unions.resize(ntiles);
-  for (int64_t t = 0; t < ntiles; ++t) {
-    const int64_t la = p.row_L(t * tile_q), lb = p.row_L(std::min(sq, (t + 1) * tile_q) - 1);
-    for (int j = 0; j < n; ++j)
-      if (sc::in_union(o.d[j], j, la, lb)) o.unions[t].push_back(j);
-  }
-  return o;
-}
-
 std::string case_name(int n, int64_t sq, int64_t k, int64_t w, int chunks, int wdlog,
                       const std::string& dist) {
   return "n=" + std::to_string(n) + " sq=" + std::to_string(sq) + " k=" + std::to_string(k) +
@@ -457,14 +335,11 @@ std::string case_name(int n, int64_t sq, int64_t k, int64_t w, int chunks, int w
 
 // Compares the emulated kernel against the brute force. Returns the number of mismatches
 // (reported through gtest, capped).
-// rows: the row-parallel algorithm (chunks and wdlog unused) instead of the sweep.
 int check_case(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window, int chunks,
-               int wdlog, int tile_q, const std::string& dist, bool rows = false) {
+               int wdlog, int tile_q, const std::string& dist) {
   const int n = static_cast<int>(u.size());
-  const std::string name =
-      (rows ? "rows " : "sweep ") + case_name(n, sq, k, window, chunks, wdlog, dist);
-  EmuOut o = rows ? select_rows_emulate(u, sq, k, window, tile_q)
-                  : select_emulate(u, sq, k, window, chunks, wdlog, tile_q);
+  const std::string name = case_name(n, sq, k, window, chunks, wdlog, dist);
+  EmuOut o = select_emulate(u, sq, k, window, chunks, wdlog, tile_q);
   int bad = 0;
   auto fail = [&](const std::string& what) {
     if (bad++ < 5) ADD_FAILURE() << name << ": " << what;
@@ -862,7 +737,6 @@ TEST(SelectCoreBrute, RandomSmallCases) {
     const int wdlog = static_cast<int>(pick(rng, {5, 6, 7}));
     const int tile_q = static_cast<int>(pick(rng, {1, 3, 16, 128}));
     if (check_case(u, sq, k, w, chunks, wdlog, tile_q, dist_name(d)) > 0) return;
-    if (check_case(u, sq, k, w, chunks, wdlog, tile_q, dist_name(d), true) > 0) return;
     cases++;
   }
   EXPECT_GT(cases, 2000 * stress());
@@ -875,8 +749,6 @@ TEST(SelectCoreBrute, Size1000AllRows) {
     std::vector<float> u = make_scores(1000, d, rng);
     EXPECT_EQ(check_case(u, 1000, 64, 100, 32, 6, 128, dist_name(d)), 0);
     EXPECT_EQ(check_case(u, 1000, 7, 0, 32, 5, 64, dist_name(d)), 0);
-    EXPECT_EQ(check_case(u, 1000, 64, 100, 0, 0, 128, dist_name(d), true), 0);
-    EXPECT_EQ(check_case(u, 1000, 7, 0, 0, 0, 64, dist_name(d), true), 0);
   }
 }
 
@@ -885,14 +757,11 @@ TEST(SelectCoreBrute, Size4097) {
   // Full rows once (the brute force is O(S^2 log S)); a tail of rows for the other shapes.
   std::vector<float> u = make_scores(4097, Dist::kNormal, rng);
   EXPECT_EQ(check_case(u, 4097, 256, 256, 32, 6, 128, "normal"), 0);
-  EXPECT_EQ(check_case(u, 4097, 256, 256, 0, 0, 128, "normal", true), 0);
   for (Dist d : {Dist::kTies3, Dist::kSlopeUp, Dist::kSlopeDown, Dist::kLarge, Dist::kNonFinite}) {
     u = make_scores(4097, d, rng);
-    for (bool rows : {false, true}) {
-      EXPECT_EQ(check_case(u, 300, 256, 256, 32, 6, 128, dist_name(d), rows), 0);
-      EXPECT_EQ(check_case(u, 129, 1, 0, 32, 6, 128, dist_name(d), rows), 0);
-      EXPECT_EQ(check_case(u, 77, 4000, 33, 32, 6, 16, dist_name(d), rows), 0);
-    }
+    EXPECT_EQ(check_case(u, 300, 256, 256, 32, 6, 128, dist_name(d)), 0);
+    EXPECT_EQ(check_case(u, 129, 1, 0, 32, 6, 128, dist_name(d)), 0);
+    EXPECT_EQ(check_case(u, 77, 4000, 33, 32, 6, 16, dist_name(d)), 0);
   }
 }
 
@@ -912,8 +781,6 @@ TEST(SelectCoreBrute, EdgeShapes) {
       std::vector<float> u = make_scores(c.n, d, rng);
       EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 32, 5, 3, dist_name(d)), 0);
       EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 1, 7, 128, dist_name(d)), 0);
-      EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 0, 0, 3, dist_name(d), true), 0);
-      EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 0, 0, 128, dist_name(d), true), 0);
     }
   }
 }

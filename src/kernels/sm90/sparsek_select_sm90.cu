@@ -50,7 +50,6 @@
 #include <string>
 
 #include "bsk/kernels/sm90/sparsek_select_core.h"
-#include "bsk/kernels/sm90/sparsek_select_rows.h"
 #include "kernels/kernels.h"
 
 namespace bsk::kernels {
@@ -127,7 +126,6 @@ struct KArgs {
 // the scores (u + j * s_s). Global path (IdxT = int32): float values, converted on access.
 template <class IdxT>
 struct DevKeys {
-  static constexpr bool kExactVals = sizeof(IdxT) == 2;
   int n;
   const int64_t* val64;
   const float* val;
@@ -233,88 +231,6 @@ __device__ __noinline__ void scan_lines(CntT* cnt, int64_t* sum, int nlines, int
       cnt[at(q)] = static_cast<CntT>(pc);
       sum[at(q)] = ps;
     }
-  }
-}
-
-// Step 5 (both shared-memory kernels and the global path): the per-tile unions from D_j. Keys
-// with exact_vals read u_j from the sorted keys (fval) below the first non-finite score.
-template <class Keys, class DT>
-__device__ void build_unions(const KArgs& a, int bh, const sc::RowPlan& plan, const Keys& keys,
-                             const DT* d, int32_t* ubuf) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  // --- 5. Unions. Warp w handles tiles [t0, t1); tile t = the keys of tile t - 1 still selected
-  //        somewhere in t, then the keys j in [Lb(t-1), Lb(t)) selected somewhere in t.
-  const int64_t cap = a.union_cap;
-  // Per union key j: n_j and u_j (0 where not finite), which the attention kernel's mask and
-  // gate read. Key j is selected exactly for L in [j + 1, D_j], and L(i) grows with the row, so
-  // the tile's rows with L <= D_j are a prefix 0 .. n_j - 1 of its rows; among the rows where j
-  // is a candidate (L >= j + 1, which the attention kernel tests itself) they are the rows that
-  // select j. Needs tile_q == kRowsPerTile.
-  constexpr int kRowsPerTile = 128;
-  const bool want_rows = a.union_rows != nullptr && a.tile_q == kRowsPerTile;
-  const float* ub = a.scores + static_cast<int64_t>(bh / a.hkv) * a.s_b +
-                    static_cast<int64_t>(bh % a.hkv) * a.s_h;
-  const int t0 = static_cast<int>(static_cast<int64_t>(warp) * a.n_tiles / nwarps);
-  const int t1 = static_cast<int>(static_cast<int64_t>(warp + 1) * a.n_tiles / nwarps);
-  int32_t* buf = ubuf != nullptr ? ubuf + static_cast<int64_t>(warp) * cap : nullptr;
-  int cnt = 0;
-  int64_t prev_lb = 0;
-  for (int t = t0; t < t1; ++t) {
-    const int64_t la = plan.row_L(static_cast<int64_t>(t) * a.tile_q);
-    const int64_t lb = plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
-    const int64_t tile_at = (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
-    int32_t* out = a.union_idx + tile_at;
-    // n_j = the tile's rows with L(i) <= D_j: sc::union_rows, written out here (calling it
-    // changes ptxas' allocation for the whole kernel, and that build has not been measured).
-    const int64_t row_off = plan.lbase + static_cast<int64_t>(t) * a.tile_q;
-    int newcnt = 0, oldcnt = 0;  // oldcnt: emitted keys j < la (candidates of the first row)
-    auto emit = [&](bool pred, int j, int64_t dj) {
-      const unsigned m = __ballot_sync(0xffffffffu, pred);
-      oldcnt += __popc(__ballot_sync(0xffffffffu, pred && j < la));
-      const int at = newcnt + __popc(m & ((1u << lane) - 1u));
-      if (pred && at < cap) {
-        out[at] = j;
-        if (buf) buf[at] = j;
-        if (want_rows) {
-          // Shared-memory path: the sorted keys' exact value (no global load) for keys below
-          // the first non-finite score; the scores themselves otherwise.
-          float uj;
-          if constexpr (Keys::kExactVals)
-            uj = j < plan.fnf ? keys.fval(keys.pos(j)) : ub[static_cast<int64_t>(j) * a.s_s];
-          else
-            uj = ub[static_cast<int64_t>(j) * a.s_s];
-          const int64_t nr = dj - row_off + 1;
-          a.union_rows[tile_at + at] =
-              static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));
-          a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
-        }
-      }
-      newcnt += __popc(m);
-    };
-    int64_t jstart = 0;
-    if (t > t0) {
-      const int32_t* prev = buf ? buf : out - cap;
-      for (int base = 0; base < cnt; base += 32) {
-        const int i = base + lane;
-        int j = -1;
-        if (i < cnt) j = buf ? prev[i] : __ldcg(prev + i);
-        const int64_t dj = i < cnt ? static_cast<int64_t>(d[j]) : 0;
-        emit(i < cnt && sc::in_union(dj, j, la, lb), j, dj);
-      }
-      jstart = prev_lb;
-    }
-    for (int64_t base = jstart; base < lb; base += 32) {
-      const int j = static_cast<int>(base) + lane;
-      const int64_t dj = static_cast<int64_t>(d[j < lb ? j : 0]);
-      emit(j < lb && sc::in_union(dj, j, la, lb), j, dj);
-    }
-    if (lane == 0) {
-      a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
-      if (a.union_old) a.union_old[static_cast<int64_t>(bh) * a.n_tiles + t] = oldcnt;
-    }
-    cnt = newcnt < cap ? newcnt : static_cast<int>(cap);
-    prev_lb = lb;
-    __syncwarp();
   }
 }
 
@@ -439,7 +355,80 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   SEL_PROF(4);
   if (!want_union) return;
 
-  build_unions(a, bh, plan, keys, d, ubuf);
+  // --- 5. Unions. Warp w handles tiles [t0, t1); tile t = the keys of tile t - 1 still selected
+  //        somewhere in t, then the keys j in [Lb(t-1), Lb(t)) selected somewhere in t.
+  const int64_t cap = a.union_cap;
+  // Per union key j: n_j and u_j (0 where not finite), which the attention kernel's mask and
+  // gate read. Key j is selected exactly for L in [j + 1, D_j], and L(i) grows with the row, so
+  // the tile's rows with L <= D_j are a prefix 0 .. n_j - 1 of its rows; among the rows where j
+  // is a candidate (L >= j + 1, which the attention kernel tests itself) they are the rows that
+  // select j. Needs tile_q == kRowsPerTile.
+  constexpr int kRowsPerTile = 128;
+  const bool want_rows = a.union_rows != nullptr && a.tile_q == kRowsPerTile;
+  const float* ub = a.scores + static_cast<int64_t>(bh / a.hkv) * a.s_b +
+                    static_cast<int64_t>(bh % a.hkv) * a.s_h;
+  const int t0 = static_cast<int>(static_cast<int64_t>(warp) * a.n_tiles / nwarps);
+  const int t1 = static_cast<int>(static_cast<int64_t>(warp + 1) * a.n_tiles / nwarps);
+  int32_t* buf = ubuf != nullptr ? ubuf + static_cast<int64_t>(warp) * cap : nullptr;
+  int cnt = 0;
+  int64_t prev_lb = 0;
+  for (int t = t0; t < t1; ++t) {
+    const int64_t la = plan.row_L(static_cast<int64_t>(t) * a.tile_q);
+    const int64_t lb = plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
+    const int64_t tile_at = (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
+    int32_t* out = a.union_idx + tile_at;
+    // n_j = the tile's rows with L(i) <= D_j: sc::union_rows, written out here (calling it
+    // changes ptxas' allocation for the whole kernel, and that build has not been measured).
+    const int64_t row_off = plan.lbase + static_cast<int64_t>(t) * a.tile_q;
+    int newcnt = 0, oldcnt = 0;  // oldcnt: emitted keys j < la (candidates of the first row)
+    auto emit = [&](bool pred, int j, int64_t dj) {
+      const unsigned m = __ballot_sync(0xffffffffu, pred);
+      oldcnt += __popc(__ballot_sync(0xffffffffu, pred && j < la));
+      const int at = newcnt + __popc(m & ((1u << lane) - 1u));
+      if (pred && at < cap) {
+        out[at] = j;
+        if (buf) buf[at] = j;
+        if (want_rows) {
+          // Shared-memory path: the sorted keys' exact value (no global load) for keys below
+          // the first non-finite score; the scores themselves otherwise.
+          float uj;
+          if constexpr (sizeof(IdxT) == 2)
+            uj = j < plan.fnf ? keys.fval(keys.pos(j)) : ub[static_cast<int64_t>(j) * a.s_s];
+          else
+            uj = ub[static_cast<int64_t>(j) * a.s_s];
+          const int64_t nr = dj - row_off + 1;
+          a.union_rows[tile_at + at] =
+              static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));
+          a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
+        }
+      }
+      newcnt += __popc(m);
+    };
+    int64_t jstart = 0;
+    if (t > t0) {
+      const int32_t* prev = buf ? buf : out - cap;
+      for (int base = 0; base < cnt; base += 32) {
+        const int i = base + lane;
+        int j = -1;
+        if (i < cnt) j = buf ? prev[i] : __ldcg(prev + i);
+        const int64_t dj = i < cnt ? static_cast<int64_t>(d[j]) : 0;
+        emit(i < cnt && sc::in_union(dj, j, la, lb), j, dj);
+      }
+      jstart = prev_lb;
+    }
+    for (int64_t base = jstart; base < lb; base += 32) {
+      const int j = static_cast<int>(base) + lane;
+      const int64_t dj = static_cast<int64_t>(d[j < lb ? j : 0]);
+      emit(j < lb && sc::in_union(dj, j, la, lb), j, dj);
+    }
+    if (lane == 0) {
+      a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
+      if (a.union_old) a.union_old[static_cast<int64_t>(bh) * a.n_tiles + t] = oldcnt;
+    }
+    cnt = newcnt < cap ? newcnt : static_cast<int>(cap);
+    prev_lb = lb;
+    __syncwarp();
+  }
   __syncthreads();
   SEL_PROF(5);
 }
@@ -524,367 +513,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const
   uint16_t* d = reinterpret_cast<uint16_t*>(region);
   int32_t* ubuf = a.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + a.off_ubuf) : nullptr;
   select_head(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound, s_thend);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Row-parallel path (Sk <= sc::kRowsMaxN): one CTA per head; two groups of sc::kRowTile threads
-// each solve a tile of sc::kRowTile consecutive computed rows at a time, one thread per row
-// (sparsek_select_rows.h), each group with its own tile arrays (two tiles in flight keep eight
-// warps per SM busy at 4096 keys, where one tile's arrays per CTA would allow only four).
-// ---------------------------------------------------------------------------------------------
-constexpr int kTileThreads = sc::kRowTile;
-constexpr int kTileGroups = 2;
-constexpr int kRowThreads = kTileThreads * kTileGroups;
-static_assert(kTileThreads == 128, "the tile-key masks are 4 words");
-
-// Sorted keys of the row path: float values (exact scores, canonical), fixed on access.
-struct RowKeys {
-  static constexpr bool kExactVals = true;
-  int n;
-  const float* val;
-  const uint16_t* ix;
-  const uint16_t* ps;
-  sc::Fixed fx;
-  __device__ __forceinline__ int64_t v(int r) const { return sc::to_fixed(val[r], fx); }
-  __device__ __forceinline__ int idx(int r) const { return static_cast<int>(ix[r]); }
-  __device__ __forceinline__ int pos(int j) const { return static_cast<int>(ps[j]); }
-  __device__ __forceinline__ float fval(int r) const { return val[r]; }
-};
-
-// Shared-memory layout of the row path (byte offsets; the region is reused: sort storage, then
-// one set of tile arrays per group (the second at + tile_bytes), then D_j and the union buffers).
-struct RowLayout {
-  uint32_t off_ix = 0, off_ps = 0, off_a1 = 0, off_am1 = 0, off_th = 0, off_region = 0;
-  uint32_t off_cb = 0, off_sb = 0, off_tm = 0, off_mask = 0, off_cs = 0, off_oq = 0, off_ov = 0;
-  uint32_t off_ubuf = 0, tile_bytes = 0;
-  std::size_t bytes = 0;
-  bool ubuf_in_smem = false;
-};
-
-__host__ __device__ inline RowLayout row_layout(int n, std::size_t sort_bytes, int64_t union_cap,
-                                                bool want_union) {
-  RowLayout l;
-  const std::size_t np = align_up(static_cast<std::size_t>(n) + 1, 16);
-  std::size_t at = np * 4;  // val (float)
-  auto take = [&](std::size_t bytes) {
-    const std::size_t o = at;
-    at = align_up(at + bytes, 16);
-    return static_cast<uint32_t>(o);
-  };
-  l.off_ix = take(np * 2);
-  l.off_ps = take(np * 2);
-  l.off_a1 = take(np * 2);
-  l.off_am1 = take(np * 2);
-  l.off_th = take(np * 2);
-  l.off_region = static_cast<uint32_t>(at);
-  l.off_sb = take(np * 8);
-  l.off_cs = take(sizeof(int64_t) * sc::kCsEntries);
-  l.off_ov = take(sizeof(int64_t) * sc::kRowTile);
-  l.off_mask = take(sizeof(uint32_t) * 4 * (sc::kRowTile + 1));
-  l.off_cb = take(np * 2);
-  l.off_tm = take(np);
-  l.off_oq = take(sc::kRowTile);
-  l.tile_bytes = static_cast<uint32_t>(at - l.off_region);
-  at += static_cast<std::size_t>(kTileGroups - 1) * l.tile_bytes;
-  const std::size_t tiles_end = at;
-  // After the rows: D_j (u16) then one union buffer per warp when they fit in the region.
-  const std::size_t d_end = l.off_region + align_up(np * 2, 16);
-  l.off_ubuf = static_cast<uint32_t>(d_end);
-  const std::size_t ub = static_cast<std::size_t>(kRowThreads / 32) *
-                         static_cast<std::size_t>(union_cap > 0 ? union_cap : 0) * 4;
-  l.ubuf_in_smem = want_union && d_end + ub <= tiles_end;
-  std::size_t end = tiles_end > d_end ? tiles_end : d_end;
-  const std::size_t sort_end = l.off_region + sort_bytes;
-  l.bytes = end > sort_end ? end : sort_end;
-  return l;
-}
-
-// Named barrier of tile group grp (ids 1, 2; 0 is __syncthreads).
-__device__ __forceinline__ void group_sync(int grp) {
-  asm volatile("bar.sync %0, %1;" ::"r"(grp + 1), "r"(kTileThreads) : "memory");
-}
-
-// Exclusive scan over the kTileThreads threads of group grp of (count, sum, count).
-__device__ __forceinline__ void row_block_scan(int grp, int& c0, int64_t& s0, int& c1, int* sc_i,
-                                               int64_t* sc_s) {
-  const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & (kTileThreads / 32 - 1);
-  int ic0 = c0, ic1 = c1;
-  int64_t is0 = s0;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int t0 = __shfl_up_sync(0xffffffffu, ic0, off);
-    const int t1 = __shfl_up_sync(0xffffffffu, ic1, off);
-    const int64_t ts = __shfl_up_sync(0xffffffffu, is0, off);
-    if (lane >= off) {
-      ic0 += t0;
-      ic1 += t1;
-      is0 += ts;
-    }
-  }
-  if (lane == 31) {
-    sc_i[2 * warp] = ic0;
-    sc_i[2 * warp + 1] = ic1;
-    sc_s[warp] = is0;
-  }
-  group_sync(grp);
-  int p0 = 0, p1 = 0;
-  int64_t ps = 0;
-  for (int w = 0; w < warp; ++w) {
-    p0 += sc_i[2 * w];
-    p1 += sc_i[2 * w + 1];
-    ps += sc_s[w];
-  }
-  c0 = p0 + ic0 - c0;
-  c1 = p1 + ic1 - c1;
-  s0 = ps + is0 - s0;
-}
-
-template <int kItems>
-__global__ void __launch_bounds__(kRowThreads, 1) select_rows_kernel(const KArgs a) {
-  using Sort = cub::BlockRadixSort<uint32_t, kRowThreads, kItems, uint16_t>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int s_fnf;
-  __shared__ unsigned s_maxabs;
-  __shared__ int s_scan_i[kTileGroups][2 * (kTileThreads / 32)];
-  __shared__ int64_t s_scan_s[kTileGroups][kTileThreads / 32];
-  __shared__ int s_brk[kTileGroups][4];  // th, g of each tile's first and last rows
-
-  const RowLayout lay = row_layout(a.n, 0, a.union_cap, a.union_idx != nullptr);
-  float* val = reinterpret_cast<float*>(smem);
-  uint16_t* ix = reinterpret_cast<uint16_t*>(smem + lay.off_ix);
-  uint16_t* ps = reinterpret_cast<uint16_t*>(smem + lay.off_ps);
-  uint16_t* a1 = reinterpret_cast<uint16_t*>(smem + lay.off_a1);
-  uint16_t* am1 = reinterpret_cast<uint16_t*>(smem + lay.off_am1);
-  uint16_t* th_row = reinterpret_cast<uint16_t*>(smem + lay.off_th);
-  const int tid = threadIdx.x, lane = tid & 31;
-  // This thread's tile group, its thread and warp indices inside the group, its tile arrays.
-  const int grp = tid / kTileThreads, gt = tid % kTileThreads, warp = gt >> 5;
-  unsigned char* gsm = smem + static_cast<std::size_t>(grp) * lay.tile_bytes;
-  uint16_t* cb = reinterpret_cast<uint16_t*>(gsm + lay.off_cb);
-  int64_t* sb = reinterpret_cast<int64_t*>(gsm + lay.off_sb);
-  uint8_t* tm = gsm + lay.off_tm;
-  uint32_t* mask = reinterpret_cast<uint32_t*>(gsm + lay.off_mask);
-  int64_t* cs = reinterpret_cast<int64_t*>(gsm + lay.off_cs);
-  uint8_t* oq = gsm + lay.off_oq;
-  int64_t* ov = reinterpret_cast<int64_t*>(gsm + lay.off_ov);
-
-  const int bh = blockIdx.x;
-  const int b = bh / a.hkv, h = bh % a.hkv;
-  const int n = a.n;
-  const int64_t k = a.k;
-  const float* u = a.scores + b * a.s_b + h * a.s_h;
-
-  // --- 1. Load, statistics, sort (as the sweep kernel).
-  SEL_PROF(0);
-  if (tid == 0) {
-    s_fnf = n;
-    s_maxabs = 0;
-  }
-  __syncthreads();
-  {
-    int fnf = n;
-    unsigned maxabs = 0;
-    for (int j = tid; j < n; j += kRowThreads) {
-      const float x = u[j * a.s_s];
-      const uint32_t bits = sc::float_bits(x);
-      if (sc::finite_bits(bits))
-        maxabs = max(maxabs, bits & 0x7fffffffu);
-      else
-        fnf = min(fnf, j);
-      val[j] = x;
-    }
-    atomicMin(&s_fnf, fnf);
-    atomicMax(&s_maxabs, maxabs);
-  }
-  __syncthreads();
-  {
-    uint32_t key[kItems];
-    uint16_t jj[kItems];
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      const int q = tid * kItems + i;  // blocked input order: decreasing j, so ties keep larger j
-      const int j = n - 1 - q;
-      key[i] = q < n ? sc::sort_key(val[j]) : 0u;  // padding sorts last
-      jj[i] = static_cast<uint16_t>(q < n ? j : 0);
-    }
-    Sort(*reinterpret_cast<typename Sort::TempStorage*>(smem + lay.off_region))
-        .SortDescending(key, jj);
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      const int r = tid * kItems + i;
-      if (r < n) {
-        val[r] = sc::key_value(key[i]);
-        ix[r] = jj[i];
-        ps[jj[i]] = static_cast<uint16_t>(r);
-      }
-    }
-  }
-  __syncthreads();
-  SEL_PROF(1);
-  const RowKeys keys{n, val, ix, ps, sc::make_fixed(s_maxabs, n)};
-  const sc::Fixed& fx = keys.fx;
-  const sc::RowPlan plan = sc::make_plan(n, a.sq, k, a.window, s_fnf);
-
-  // --- 2. Rows without computation; the per-head rank boundaries.
-  for (int64_t i = tid; i < a.sq; i += kRowThreads) {
-    const int kind = sc::row_kind(plan, plan.row_L(i));
-    if (kind == 0) write_row(a, bh, i, sc::trivial_row());
-    if (kind == 1) write_row(a, bh, i, sc::nan_row());
-  }
-  for (int r = tid; r < n; r += kRowThreads) {
-    const int64_t x = keys.v(r);
-    a1[r] = static_cast<uint16_t>(sc::first_lt(keys, x + fx.one, 0, n));
-    am1[r] = static_cast<uint16_t>(sc::first_lt(keys, x - fx.one + 1, 0, n));
-  }
-  __syncthreads();
-  SEL_PROF(2);
-
-  // --- 3. Tiles of computed rows: group grp takes tile 2 p + grp of pair p. Tile-local syncs are
-  //        the group's named barrier; a block barrier ends each pair.
-  const int rows = static_cast<int>(plan.computed_rows());
-  const sc::TileView tv{cb, sb, tm, mask, cs};
-  const int per = (n + kTileThreads - 1) / kTileThreads;  // ranks per thread in the scans
-  const int r_lo = min(n, gt * per), r_hi = min(n, r_lo + per);
-  int prev_th = n - 1, prev_g = n - 1;  // the previous pair's last row bounds this pair's rows
-  for (int p0 = 0; p0 < rows; p0 += kTileGroups * sc::kRowTile) {
-    const int x0 = p0 + grp * sc::kRowTile;
-    const int nr = max(0, min(sc::kRowTile, rows - x0));
-    const int l0 = static_cast<int>(plan.llo) + x0;
-    const int nt = max(0, min(sc::kRowTile, n - l0));  // tile keys
-    if (nr > 0) {
-      // 3a. Base and tile-key prefix arrays over the ranks (one contiguous run per thread).
-      int c0 = 0, c1 = 0;
-      int64_t s0 = 0;
-      for (int r = r_lo; r < r_hi; ++r) {
-        const int j = ix[r];
-        if (j < l0) {
-          ++c0;
-          s0 += keys.v(r);
-        } else if (j - l0 < sc::kRowTile) {
-          ++c1;
-        }
-      }
-      row_block_scan(grp, c0, s0, c1, s_scan_i[grp], s_scan_s[grp]);
-      if (gt == 0) {
-        cb[0] = 0;
-        sb[0] = 0;
-        tm[0] = 0;
-      }
-      for (int r = r_lo; r < r_hi; ++r) {
-        const int j = ix[r];
-        if (j < l0) {
-          ++c0;
-          s0 += keys.v(r);
-        } else if (j - l0 < sc::kRowTile) {
-          oq[c1] = static_cast<uint8_t>(j - l0);
-          ov[c1] = keys.v(r);
-          ++c1;
-        }
-        cb[r + 1] = static_cast<uint16_t>(c0);
-        sb[r + 1] = s0;
-        tm[r + 1] = static_cast<uint8_t>(c1);
-      }
-      group_sync(grp);
-      // 3b. Warp w: mask word w (prefix OR over the tile keys in rank order), then the running sums
-      //     of groups w, w + 4, ... (prefix sums over the same order); lane l covers c = 4l ..
-      //     4l+3.
-      {
-        uint32_t m[4];
-        int qq[4];
-        int64_t vv[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = 4 * lane + e;
-          qq[e] = c < nt ? static_cast<int>(oq[c]) : sc::kRowTile;
-          vv[e] = c < nt ? ov[c] : 0;
-          const bool in_w = (qq[e] >> 5) == warp;
-          m[e] = (e > 0 ? m[e - 1] : 0u) | (in_w ? 1u << (qq[e] & 31) : 0u);
-        }
-        uint32_t inc = m[3];
-#pragma unroll
-        for (int off = 1; off < 32; off <<= 1) {
-          const uint32_t t = __shfl_up_sync(0xffffffffu, inc, off);
-          if (lane >= off) inc |= t;
-        }
-        const uint32_t excl = __shfl_up_sync(0xffffffffu, inc, 1);  // the lanes below
-        const uint32_t base = lane > 0 ? excl : 0u;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) mask[4 * (4 * lane + e + 1) + warp] = base | m[e];
-        if (lane == 0) mask[warp] = 0u;
-        for (int g = warp; g < sc::kGroups; g += kTileThreads / 32) {
-          int64_t p[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            p[e] = (e > 0 ? p[e - 1] : 0) + (qq[e] < sc::kGroup * g ? vv[e] : 0);
-          int64_t incs = p[3];
-#pragma unroll
-          for (int off = 1; off < 32; off <<= 1) {
-            const int64_t t = __shfl_up_sync(0xffffffffu, incs, off);
-            if (lane >= off) incs += t;
-          }
-          const int64_t ex = __shfl_up_sync(0xffffffffu, incs, 1);
-          const int64_t bs = lane > 0 ? ex : 0;
-          int64_t* row = cs + g * sc::kCsStride;
-#pragma unroll
-          for (int e = 0; e < 4; ++e) row[4 * lane + e + 1] = bs + p[e];
-          if (lane == 0) row[0] = 0;
-        }
-      }
-      group_sync(grp);
-      // 3c. The tile's first and last rows (bounded by the previous pair's last), then the others
-      //     bracketed by them.
-      const bool edge = gt == 0 || gt == nr - 1;
-      sc::RowBounds bd;
-      bd.th_hi = prev_th;
-      bd.g_hi = prev_g;
-      if (edge) {
-        const sc::RowCtx c = sc::make_row_ctx(keys, l0, gt);
-        const sc::RowSolve rs = sc::solve_row(keys, a1, am1, tv, c, k, fx, bd);
-        write_row(a, bh, l0 + gt - plan.lbase, rs.out);
-        th_row[x0 + gt] = static_cast<uint16_t>(rs.th);
-        if (gt == 0) {
-          s_brk[grp][0] = rs.th;
-          s_brk[grp][1] = rs.g;
-        }
-        if (gt == nr - 1) {
-          s_brk[grp][2] = rs.th;
-          s_brk[grp][3] = rs.g;
-        }
-      }
-      group_sync(grp);
-      bd.th_hi = s_brk[grp][0];
-      bd.g_hi = s_brk[grp][1];
-      bd.th_lo = s_brk[grp][2];
-      bd.g_lo = s_brk[grp][3];
-      if (!edge && gt < nr) {
-        const sc::RowCtx c = sc::make_row_ctx(keys, l0, gt);
-        const sc::RowSolve rs = sc::solve_row(keys, a1, am1, tv, c, k, fx, bd);
-        write_row(a, bh, l0 + gt - plan.lbase, rs.out);
-        th_row[x0 + gt] = static_cast<uint16_t>(rs.th);
-      }
-    }                 // nr > 0
-    __syncthreads();  // the pair is done: its last row bounds the next pair
-    {
-      const int last = min(rows - p0, kTileGroups * sc::kRowTile) > sc::kRowTile ? 1 : 0;
-      prev_th = s_brk[last][2];
-      prev_g = s_brk[last][3];
-    }
-    __syncthreads();  // s_brk is rewritten by the next pair
-  }
-  SEL_PROF(3);
-  if (a.union_idx == nullptr) return;
-
-  // --- 4. D_j from theta's ranks, then the unions.
-  uint16_t* d = reinterpret_cast<uint16_t*>(smem + lay.off_region);
-  for (int j = tid; j < n; j += kRowThreads)
-    d[j] = static_cast<uint16_t>(sc::d_from_theta(
-        plan, j, keys.pos(j), [&](int64_t x) { return static_cast<int>(th_row[x]); }));
-  __syncthreads();
-  SEL_PROF(4);
-  int32_t* ubuf = lay.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + lay.off_ubuf) : nullptr;
-  build_unions(a, bh, plan, keys, d, ubuf);
-  SEL_PROF(5);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1087,19 +715,6 @@ void launch_smem(const KArgs& a, const SmemPlan& sp, int64_t heads, cudaStream_t
   check(cudaGetLastError(), "select kernel launch");
 }
 
-template <int kItems>
-void launch_rows(const KArgs& a, int64_t heads, cudaStream_t stream) {
-  using Sort = cub::BlockRadixSort<uint32_t, kRowThreads, kItems, uint16_t>;
-  const RowLayout lay =
-      row_layout(a.n, sizeof(typename Sort::TempStorage), a.union_cap, a.union_idx != nullptr);
-  auto kern = select_rows_kernel<kItems>;
-  check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(lay.bytes)),
-        "cudaFuncSetAttribute(max dynamic shared memory, row path)");
-  kern<<<static_cast<unsigned>(heads), kRowThreads, lay.bytes, stream>>>(a);
-  check(cudaGetLastError(), "select kernel launch (row path)");
-}
-
 // Global path layout for a batch of g heads.
 struct GlobalPlan {
   int batch = 0;  // heads per batch
@@ -1167,20 +782,6 @@ void sparsek_select(const SelectParams& p) {
   auto stream = static_cast<cudaStream_t>(p.stream);
   const int64_t heads = p.batch * p.num_heads_kv;
   KArgs a = base_args(p);
-  // BSK_SELECT_ROWS=0 sends every length to the sweep (development comparison).
-  static const int env_rows = env_int("BSK_SELECT_ROWS", 1);
-  if (env_rows != 0 && p.seqlen_k <= sc::kRowsMaxN) {
-    const int n = a.n;
-    if (n <= 512)
-      launch_rows<2>(a, heads, stream);
-    else if (n <= 1024)
-      launch_rows<4>(a, heads, stream);
-    else if (n <= 2048)
-      launch_rows<8>(a, heads, stream);
-    else
-      launch_rows<16>(a, heads, stream);
-    return;
-  }
   SmemPlan sp;
   if (plan_smem(p, sp)) {
     a.wdlog = sp.wdlog;
