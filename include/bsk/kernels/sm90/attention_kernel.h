@@ -19,6 +19,7 @@
 #include "bsk/kernels/sm90/phase_clock.h"
 #include "bsk/kernels/sm90/softmax.h"
 #include "bsk/kernels/sm90/tile_scheduler.h"
+#include "bsk/kernels/sm90/tma_load.h"
 #include "kernels/kernels.h"
 
 namespace bsk::sm90 {
@@ -57,7 +58,7 @@ template <class Traits, template <class> class ModeT>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     attention_fwd_sm90_kernel(const __grid_constant__ typename ModeT<Traits>::Params params,
                               const __grid_constant__ PersistentTileScheduler sched,
-                              int counter_slot) {
+                              int counter_slot, const __grid_constant__ TmaMaps tma) {
   using Mode = ModeT<Traits>;
   using Element = typename Traits::Element;
   using SharedStorage = typename Traits::SharedStorage;
@@ -141,12 +142,18 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         auto sQ0 = make_tensor(make_smem_ptr(sm.q), typename Traits::SmemLayoutQ{});
         auto sQ1 =
             make_tensor(make_smem_ptr(sm.q + Traits::kWgRows * kD), typename Traits::SmemLayoutQ{});
-        const int rows = int(a.seqlen_q - row0 < kBlockM ? a.seqlen_q - row0 : kBlockM);
-        Producer::template load_contiguous<Traits::kWgRows>(sQ0, tid, qb, a.q_stride[1], row0,
-                                                            rows);
-        Producer::template load_contiguous<Traits::kWgRows>(
-            sQ1, tid, qb, a.q_stride[1], row0 + Traits::kWgRows, rows - Traits::kWgRows);
-        cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q);
+        if (tma.enabled) {
+          // Rows past seqlen_q are outside the tensor: TMA zero-fills them like cp.async.
+          tma_load_tile<Element, Traits::kWgRows, kD, Traits::kConsumerWGs>(sm.q, &tma.q, int(row0),
+                                                                            h, b, &sm.bar_q, tid);
+        } else {
+          const int rows = int(a.seqlen_q - row0 < kBlockM ? a.seqlen_q - row0 : kBlockM);
+          Producer::template load_contiguous<Traits::kWgRows>(sQ0, tid, qb, a.q_stride[1], row0,
+                                                              rows);
+          Producer::template load_contiguous<Traits::kWgRows>(
+              sQ1, tid, qb, a.q_stride[1], row0 + Traits::kWgRows, rows - Traits::kWgRows);
+          cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q);
+        }
       }
       // K runs one tile ahead of V: the loads go K0, K1, V0, K2, V1, ..., V(n-1). V's stage
       // frees only after the P V two tiles back, so with K and V of a tile loaded together the
@@ -203,15 +210,23 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         }
         if (round > 0) Barrier::wait(&(is_v ? sm.bar_empty_v : sm.bar_empty_k)[s], (round - 1) & 1);
         pc.lap(is_v ? 5 : 4);
-        auto sX = make_tensor(make_smem_ptr(is_v ? sm.v : sm.k), typename Traits::SmemLayoutKV{});
-        auto dst = [&](int r, int c) -> Element& { return sX(r, c, s); };
-        const Element* xb = is_v ? vb : kb;
-        const int64_t x_stride = is_v ? a.v_stride[1] : a.k_stride[1];
-        if (t.gathered)
-          Producer::load_keys(dst, tid, xb, x_stride, keys);
-        else
-          Producer::load_contiguous(dst, tid, xb, x_stride, t.start, t.count);
-        cutlass::arch::cpasync_barrier_arrive_noinc(&(is_v ? sm.bar_v : sm.bar_k)[s]);
+        uint64_t* full = &(is_v ? sm.bar_v : sm.bar_k)[s];
+        if (tma.enabled && !t.gathered && t.count == kBlockN) {
+          // A whole contiguous tile: one thread's TMA boxes instead of 128 threads' cp.async.
+          tma_load_tile<Element, kBlockN, kD>((is_v ? sm.v : sm.k) + s * kBlockN * kD,
+                                              is_v ? &tma.v : &tma.k, int(t.start), hkv, b, full,
+                                              tid);
+        } else {
+          auto sX = make_tensor(make_smem_ptr(is_v ? sm.v : sm.k), typename Traits::SmemLayoutKV{});
+          auto dst = [&](int r, int c) -> Element& { return sX(r, c, s); };
+          const Element* xb = is_v ? vb : kb;
+          const int64_t x_stride = is_v ? a.v_stride[1] : a.k_stride[1];
+          if (t.gathered)
+            Producer::load_keys(dst, tid, xb, x_stride, keys);
+          else
+            Producer::load_contiguous(dst, tid, xb, x_stride, t.start, t.count);
+          cutlass::arch::cpasync_barrier_arrive_noinc(full);
+        }
         pc.lap(6);
       }
       pc.count(9, n_tiles);
@@ -464,8 +479,11 @@ void launch_attention_fwd(const typename ModeT<Traits>::Params& params,
     return true;
   }();
   (void)configured;
+  // TMA for Q and the whole contiguous K/V tiles when the tensors allow it (they do whenever the
+  // API's 16-byte rules hold); cp.async otherwise and for gathered or partial tiles.
+  const TmaMaps tma = make_tma_maps(a, Traits::kBlockN, Traits::kWgRows);
   kernel<<<sched.grid(num_sms), Traits::kThreads, Traits::kSmemBytes,
-           static_cast<cudaStream_t>(a.stream)>>>(params, sched, next_counter_slot());
+           static_cast<cudaStream_t>(a.stream)>>>(params, sched, next_counter_slot(), tma);
   err = cudaGetLastError();
   if (err != cudaSuccess)
     throw CudaError(std::string("attention kernel launch failed: ") + cudaGetErrorString(err));

@@ -18,6 +18,7 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 template <int kCols>  // accumulator columns per row (kBlockN)
 struct OnlineSoftmax {
+  static constexpr int kSumParts = 4;         // independent partial sums per row
   float row_max[2] = {-INFINITY, -INFINITY};  // running max of scale*log2(e)*s
   float row_sum[2] = {0.f, 0.f};              // this thread's partial sum (quad-reduced at end)
   float scale_log2 = 1.f;
@@ -26,29 +27,44 @@ struct OnlineSoftmax {
   // factor the output accumulator must be rescaled by for each row.
   template <class Frag>
   __device__ void step(Frag& s, float (&correction)[2]) {
+    // Row max and row sum as trees of independent partial results, not one chain through all of
+    // the row's elements: with a 32-deep dependent chain per row the consumers stall on each
+    // FMNMX / FADD's latency (ncu: "wait" and short-scoreboard stalls on them).
+    constexpr int kV = kCols / 8;
+    static_assert(kV % kSumParts == 0, "partial sums split the row evenly");
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
-      float mx = -INFINITY;
+      float m[kV];
 #pragma unroll
-      for (int v = 0; v < kCols / 8; ++v)
+      for (int v = 0; v < kV; ++v) m[v] = fmaxf(s(0 + 2 * b + 4 * v), s(1 + 2 * b + 4 * v));
 #pragma unroll
-        for (int a = 0; a < 2; ++a) mx = fmaxf(mx, s(a + 2 * b + 4 * v));
-      mx = quad_max(mx) * scale_log2;
+      for (int w = kV / 2; w >= 1; w >>= 1)
+#pragma unroll
+        for (int v = 0; v < kV / 2; ++v)
+          if (v < w) m[v] = fmaxf(m[v], m[v + w]);
+      float mx = quad_max(m[0]) * scale_log2;
       float m_new = fmaxf(row_max[b], mx);
       // A row that has seen no key yet keeps max -inf; use 0 so exp2 gives 0, not NaN.
       float m_use = m_new == -INFINITY ? 0.f : m_new;
       correction[b] = exp2f(row_max[b] - m_use);
       row_max[b] = m_new;
-      float sum = 0.f;
+      float part[kSumParts];
 #pragma unroll
-      for (int v = 0; v < kCols / 8; ++v)
+      for (int q = 0; q < kSumParts; ++q) part[q] = 0.f;
+#pragma unroll
+      for (int v = 0; v < kV; ++v)
 #pragma unroll
         for (int a = 0; a < 2; ++a) {
           float p = exp2f(fmaf(s(a + 2 * b + 4 * v), scale_log2, -m_use));
           s(a + 2 * b + 4 * v) = p;
-          sum += p;
+          part[v % kSumParts] += p;
         }
-      row_sum[b] = row_sum[b] * correction[b] + sum;
+#pragma unroll
+      for (int w = kSumParts / 2; w >= 1; w >>= 1)
+#pragma unroll
+        for (int q = 0; q < kSumParts / 2; ++q)
+          if (q < w) part[q] += part[q + w];
+      row_sum[b] = row_sum[b] * correction[b] + part[0];
     }
   }
 
