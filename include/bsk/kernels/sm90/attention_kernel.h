@@ -27,6 +27,9 @@ namespace bsk::sm90 {
 template <class Traits>
 struct DenseMode {
   static constexpr bool kHasMeta = false;  // no per-key metadata ring
+  // TMA for Q and whole contiguous tiles; the producer's registers (the consumers get the rest).
+  static constexpr bool kTma = true;
+  static constexpr int kProducerRegs = Traits::kProducerRegs;
   using Params = kernels::AttnFwdParams;
   using Iterator = DenseKvIterator<Traits::kBlockM, Traits::kBlockN>;
   using Hook = DenseMaskHook<Traits::kBlockN>;
@@ -41,10 +44,22 @@ struct DenseMode {
 template <class Traits>
 struct SparseKMode {
   static constexpr bool kHasMeta = true;  // gathered tiles' key metadata ring
+#if defined(BSK_SPARSEK_TMA_REGS)
+  // Development variant: TMA with BSK_SPARSEK_TMA_REGS producer registers.
+  static constexpr bool kTma = true;
+  static constexpr int kProducerRegs = BSK_SPARSEK_TMA_REGS;
+#else
+  // The producer's two load paths (gathered cp.async, contiguous TMA) in one loop spill at
+  // Traits::kProducerRegs, which cost more than TMA saved (docs/kernel_notes.md, v21).
+  static constexpr bool kTma = false;
+  static constexpr int kProducerRegs = Traits::kProducerRegs;
+#endif
   using Params = kernels::SparseKFwdParams;
   using Iterator = SparseKKvIterator<Traits::kBlockM, Traits::kBlockN>;
   using Hook = SparseKMaskHook<Traits::kBlockN, typename Traits::SharedStorage>;
-  __device__ static const kernels::AttnFwdParams& attn(const Params& p) { return p.attn; }
+  __device__ static const kernels::AttnFwdParams& attn(const Params& p) {
+    return p.attn;
+  }
   __device__ static Iterator iterator(const Params& p, int m, int b, int hkv) {
     return Iterator(p, m, b, hkv);
   }
@@ -66,6 +81,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kD = Traits::kHeadDim;
   constexpr int kStages = Traits::kStages, kMetaSlots = Traits::kMetaSlots;
   constexpr bool kMeta = Mode::kHasMeta;
+  // What the producer gives up goes to the consumers, in whole units of 8 registers.
+  constexpr int kConsumerRegs =
+      ((Traits::kThreads / 128) * Traits::kEntryRegs - Mode::kProducerRegs) / Traits::kConsumerWGs /
+      8 * 8;
+  static_assert(kConsumerRegs <= 256 && Mode::kProducerRegs % 8 == 0, "setmaxnreg limits");
 
   extern __shared__ char smem_raw[];
   // 1024-byte aligned by pointer arithmetic on smem_raw itself: through an integer round trip
@@ -113,7 +133,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   };
   if (wg == 0) {
     // ---------------- producer warpgroup ----------------
-    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    cutlass::arch::warpgroup_reg_dealloc<Mode::kProducerRegs>();
     using Producer = CpAsyncProducer<Traits>;
     PhaseClock pc;
     if constexpr (kPhaseClock) pc.init(sm.prof[0], tid == 0);
@@ -142,7 +162,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         auto sQ0 = make_tensor(make_smem_ptr(sm.q), typename Traits::SmemLayoutQ{});
         auto sQ1 =
             make_tensor(make_smem_ptr(sm.q + Traits::kWgRows * kD), typename Traits::SmemLayoutQ{});
-        if (tma.enabled) {
+        if (Mode::kTma && tma.enabled) {
           // Rows past seqlen_q are outside the tensor: TMA zero-fills them like cp.async.
           tma_load_tile<Element, Traits::kWgRows, kD, Traits::kConsumerWGs>(sm.q, &tma.q, int(row0),
                                                                             h, b, &sm.bar_q, tid);
@@ -211,7 +231,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         if (round > 0) Barrier::wait(&(is_v ? sm.bar_empty_v : sm.bar_empty_k)[s], (round - 1) & 1);
         pc.lap(is_v ? 5 : 4);
         uint64_t* full = &(is_v ? sm.bar_v : sm.bar_k)[s];
-        if (tma.enabled && !t.gathered && t.count == kBlockN) {
+        if (Mode::kTma && tma.enabled && !t.gathered && t.count == kBlockN) {
           // A whole contiguous tile: one thread's TMA boxes instead of 128 threads' cp.async.
           tma_load_tile<Element, kBlockN, kD>((is_v ? sm.v : sm.k) + s * kBlockN * kD,
                                               is_v ? &tma.v : &tma.k, int(t.start), hkv, b, full,
@@ -247,7 +267,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     asm volatile("cp.async.wait_all;\n" ::: "memory");
   } else {
     // ---------------- consumer warpgroups ----------------
-    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    cutlass::arch::warpgroup_reg_alloc<kConsumerRegs>();
     const int cw = wg - 1;
     const int ctid = tid % 128;
     const int warp = ctid / 32, lane = tid % 32;
