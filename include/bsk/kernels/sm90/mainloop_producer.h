@@ -1,8 +1,9 @@
-// The producer warpgroup: loads Q once and every K/V tile of the KV iterator into the stage
-// ring with cp.async (16-byte chunks written straight into the swizzled layout WGMMA reads), so
+// The producer warpgroup's cp.async path: loads Q once and every K/V tile of the KV iterator
+// into the stage ring (16-byte chunks written straight into the swizzled layout WGMMA reads), so
 // contiguous and gathered rows share one path. Completion is signalled on mbarriers with
 // cp.async.mbarrier.arrive.noinc: each of the 128 producer threads arrives once per barrier
-// phase, after its own copies land.
+// phase, after its own copies land. Dense attention loads Q and its whole tiles through TMA
+// instead (tma_load.h), on the same barriers; gathered and partial tiles always come here.
 #pragma once
 
 #include <cutlass/arch/barrier.h>
