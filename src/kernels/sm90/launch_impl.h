@@ -6,24 +6,24 @@
 
 namespace bsk::sm90 {
 
-template <class Element, int kHeadDim, bool kStagedEpilogue>
-using FwdTraits = AttnTraits<Element, kHeadDim, /*kBlockN=*/128, /*kStages=*/2, kStagedEpilogue>;
+template <class Element, int kHeadDim>
+using FwdTraits = AttnTraits<Element, kHeadDim, /*kBlockN=*/128, /*kStages=*/2>;
 
 template <class Element, int kHeadDim>
 void run_dense_fwd(const kernels::AttnFwdParams& p) {
-  launch_attention_fwd<FwdTraits<Element, kHeadDim, true>, DenseMode>(p, p);
+  launch_attention_fwd<FwdTraits<Element, kHeadDim>, DenseMode>(p, p);
 }
 
 template <class Element, int kHeadDim>
 void run_sparsek_fwd(const kernels::SparseKFwdParams& p) {
-  static_assert(FwdTraits<Element, kHeadDim, true>::kBlockM == 128, "union tiles are 128 queries");
+  static_assert(FwdTraits<Element, kHeadDim>::kBlockM == 128, "union tiles are 128 queries");
   if (p.tile_q != 128 || p.union_idx == nullptr || p.union_rows == nullptr ||
       p.union_u == nullptr || p.union_cnt == nullptr || p.union_old == nullptr)
     throw CudaError(
         "sparsek_attention_fwd kernel: needs the selection's 128-query tile unions with their "
         "row counts, scores and old-key counts (union_idx, union_rows, union_u, union_cnt, "
         "union_old)");
-  launch_attention_fwd<FwdTraits<Element, kHeadDim, true>, SparseKMode>(p, p.attn);
+  launch_attention_fwd<FwdTraits<Element, kHeadDim>, SparseKMode>(p, p.attn);
 }
 
 }  // namespace bsk::sm90

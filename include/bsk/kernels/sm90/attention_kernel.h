@@ -432,15 +432,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       const auto hook_next = Mode::hook(params, tn.m_block, row_in_cta0, tn.batch, tn.head_kv, &sm);
       Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
       float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
-      if constexpr (Traits::kStagedEpilogue) {
-        using Epi = StagedEpilogue<Element, kD>;
-        Epi::store(tOrO, inv, lse, nan_row, sm.o_stage + cw * Traits::kWgRows * Epi::kStageCols, ob,
-                   a.o_stride[1], lb, int64_t(m) * kBlockM + cw * Traits::kWgRows,
-                   row_in_cta0 - cw * Traits::kWgRows, a.seqlen_q, ctid, cw);
-      } else {
-        DirectEpilogue<Element, kD>::store(tOrO, inv, lse, nan_row, ob, a.o_stride[1], lb,
-                                           int64_t(m) * kBlockM + row_in_cta0, a.seqlen_q, lane);
-      }
+      using Epi = StagedEpilogue<Element, kD>;
+      Epi::store(tOrO, inv, lse, nan_row, sm.o_stage + cw * Traits::kWgRows * Epi::kStageCols, ob,
+                 a.o_stride[1], lb, int64_t(m) * kBlockM + cw * Traits::kWgRows,
+                 row_in_cta0 - cw * Traits::kWgRows, a.seqlen_q, ctid, cw);
       pc.lap(8);
       pc.count(11);
       wt = wt_next;
@@ -472,15 +467,13 @@ void launch_attention_fwd(const typename ModeT<Traits>::Params& params,
         "attention kernel: more than 2^31 - 1 work tiles (batch * heads * query tiles)");
   // The staged epilogue stores O rows as 16-byte chunks (the API checks the same for every
   // tensor).
-  if constexpr (Traits::kStagedEpilogue) {
-    const int64_t e = int64_t(sizeof(typename Traits::Element));
-    const bool rows_aligned = reinterpret_cast<uintptr_t>(a.o) % 16 == 0 &&
-                              (a.batch <= 1 || a.o_stride[0] * e % 16 == 0) &&
-                              (a.seqlen_q <= 1 || a.o_stride[1] * e % 16 == 0) &&
-                              (a.num_heads <= 1 || a.o_stride[2] * e % 16 == 0);
-    if (!rows_aligned)
-      throw CudaError("attention kernel: out must be 16-byte aligned with 16-byte strides");
-  }
+  const int64_t e = int64_t(sizeof(typename Traits::Element));
+  const bool rows_aligned = reinterpret_cast<uintptr_t>(a.o) % 16 == 0 &&
+                            (a.batch <= 1 || a.o_stride[0] * e % 16 == 0) &&
+                            (a.seqlen_q <= 1 || a.o_stride[1] * e % 16 == 0) &&
+                            (a.num_heads <= 1 || a.o_stride[2] * e % 16 == 0);
+  if (!rows_aligned)
+    throw CudaError("attention kernel: out must be 16-byte aligned with 16-byte strides");
   int device = 0, num_sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess)

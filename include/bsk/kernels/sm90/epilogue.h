@@ -1,11 +1,9 @@
 // Epilogue: normalises the output accumulator by the softmax sum and writes O (strided, BSHD)
-// and LSE (float32 [B, H, Sq], natural log).
-//  - DirectEpilogue: each thread stores its own 4-byte pairs (8 rows x 16 bytes per warp
-//    instruction). The dense kernel's.
-//  - StagedEpilogue: the warpgroup's 64 rows go through shared memory (padded rows: the
-//    accumulator's 4-byte pairs land conflict-free) and leave as whole 16-byte chunks, a warp
-//    writing two full rows (D = 128) per instruction, so O's rows must be 16-byte aligned (the
-//    API requires it of every tensor; the launcher checks it). The SparseK kernel's.
+// and LSE (float32 [B, H, Sq], natural log). The warpgroup's 64 rows go through shared memory
+// (padded rows: the accumulator's 4-byte pairs land conflict-free) and leave as whole 16-byte
+// chunks, a warp writing two full rows (D = 128) per instruction, so O's rows must be 16-byte
+// aligned (the API requires it of every tensor; the launcher checks it). Measured faster than
+// per-thread 4-byte stores for both kernels (docs/kernel_notes.md, v14-v15).
 #pragma once
 
 #include <cmath>
@@ -15,7 +13,7 @@
 namespace bsk::sm90 {
 
 // Columns 8 v + col0 + {0, 1} of the thread's row b (accumulator elements a + 2 b + 4 v),
-// normalised by 1 / l (NaN rows: NaN) and packed as two Elements, as both epilogues store them.
+// normalised by 1 / l (NaN rows: NaN) and packed as two Elements.
 template <class Element, class Frag>
 __device__ __forceinline__ uint32_t normalized_pair(Frag& o, int b, int v, float inv, bool nan) {
   const float x0 = nan ? NAN : o(0 + 2 * b + 4 * v) * inv;
@@ -23,27 +21,6 @@ __device__ __forceinline__ uint32_t normalized_pair(Frag& o, int b, int v, float
   Element pair[2] = {Element(x0), Element(x1)};
   return *reinterpret_cast<uint32_t*>(pair);
 }
-
-template <class Element, int kHeadDim>
-struct DirectEpilogue {
-  template <class Frag>
-  __device__ static void store(Frag& o, const float (&inv)[2], const float (&lse)[2],
-                               const bool (&nan_row)[2], Element* out_bh, int64_t row_stride,
-                               float* lse_bh, int64_t first_row, int64_t seqlen_q, int lane) {
-    int col0 = 2 * (lane % 4);
-#pragma unroll
-    for (int b = 0; b < 2; ++b) {
-      int64_t i = first_row + 8 * b;
-      if (i >= seqlen_q) continue;
-      Element* row = out_bh + i * row_stride;
-#pragma unroll
-      for (int v = 0; v < kHeadDim / 8; ++v)
-        *reinterpret_cast<uint32_t*>(row + 8 * v + col0) =
-            normalized_pair<Element>(o, b, v, inv[b], nan_row[b]);
-      if (lse_bh && lane % 4 == 0) lse_bh[i] = nan_row[b] ? NAN : lse[b];
-    }
-  }
-};
 
 template <class Element, int kHeadDim>
 struct StagedEpilogue {

@@ -17,8 +17,7 @@ namespace bsk::sm90 {
 
 using namespace cute;
 
-template <class Element_, int kHeadDim_, int kBlockN_ = 128, int kStages_ = 2,
-          bool kStagedEpilogue_ = false>
+template <class Element_, int kHeadDim_, int kBlockN_ = 128, int kStages_ = 2>
 struct AttnTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -26,9 +25,6 @@ struct AttnTraits {
   static constexpr int kWgRows = 64;  // rows per consumer warpgroup
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
-  // O leaves through shared memory as 16-byte chunks (epilogue.h): measured faster for SparseK
-  // and, since v14's copy, for dense attention too (docs/kernel_notes.md, v15).
-  static constexpr bool kStagedEpilogue = kStagedEpilogue_;
   static constexpr int kConsumerWGs = kBlockM / kWgRows;
   static constexpr int kThreads = 128 * (1 + kConsumerWGs);
   // setmaxnreg only moves registers between the warpgroups of a CTA: the CTA starts with
@@ -38,10 +34,8 @@ struct AttnTraits {
   // state in the KV loop; at 216 no consumer reloads anything inside the KV loop (ptxas: no
   // spills in any of the eight instantiations since v14).
   static constexpr int kEntryRegs = (65536 / kThreads) / 8 * 8;  // 168 at 384 threads
+  // The producer's share; the kernel gives the consumers the rest (216 each at 72).
   static constexpr int kProducerRegs = 72;
-  static constexpr int kConsumerRegs = 216;
-  static_assert(kProducerRegs + kConsumerWGs * kConsumerRegs <= (1 + kConsumerWGs) * kEntryRegs,
-                "register split exceeds the CTA's registers");
   static constexpr int kChunksPerRow = kHeadDim * int(sizeof(Element)) / 16;  // 16-byte chunks
   static constexpr int kMetaSlots = 2 * kStages;
 
@@ -76,8 +70,9 @@ struct AttnTraits {
     alignas(1024) Element q[kQElems];
     alignas(1024) Element k[kKVElems];
     alignas(1024) Element v[kKVElems];
-    // Output staging of the epilogue: each consumer warpgroup's 64 rows, padded by 16 bytes.
-    alignas(16) Element o_stage[kStagedEpilogue ? kBlockM * (kHeadDim + 8) : 8];
+    // Output staging of the epilogue (O leaves through shared memory as 16-byte chunks,
+    // epilogue.h): each consumer warpgroup's 64 rows, padded by 16 bytes.
+    alignas(16) Element o_stage[kBlockM * (kHeadDim + 8)];
     // Key metadata of gathered and mixed tiles (j, n_j and u_j as the selection left them with
     // the tile's union; a mixed tile fills only n_j and u_j, by column), in a ring of its own
     // that is deeper than the K ring: the mask/gate hook still reads tile i's metadata after
