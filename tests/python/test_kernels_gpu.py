@@ -62,6 +62,31 @@ def check_dense(shape, dtype, causal, seed):
     assert torch.allclose(lse[fin].double(), ref_lse[fin], atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(1, 1000, 1000, 2, 2, 128), (2, 300, 1500, 4, 1, 64)])
+@pytest.mark.parametrize("growing", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_logits_drifting_along_keys(shape, growing, causal):
+    """Key norms that grow (or shrink) along the sequence: a row's max moves by far more than
+    the softmax's stale-max allowance (2^8) over some tiles and by less over others, so both the
+    skipped and the taken O rescales are exercised, with large in-tile probability ratios."""
+    B, Sq, Sk, H, Hkv, D = shape
+    dtype = torch.bfloat16
+    gen = torch.Generator(device="cuda").manual_seed(hash((shape, growing, causal)) % 2**31)
+    q = rand(B, Sq, H, D, dtype=dtype, gen=gen)
+    j = torch.arange(Sk, device="cuda", dtype=torch.float32)
+    gain = 1 + (j if growing else Sk - 1 - j) / 96
+    k = (rand(B, Sk, Hkv, D, dtype=torch.float32, gen=gen) * gain[None, :, None, None]).to(dtype)
+    v = rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
+    out, lse = run_dense(q, k, v, causal)
+    scale = default_scale(D)
+    ref, ref_lse = dense_ref(q, k, v, causal, scale)
+    low, _ = dense_ref(q, k, v, causal, scale, dtype=dtype)
+    assert_fa_rule(out, ref, low, "out", EPS[dtype])
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), "-inf LSE placement differs"
+    assert torch.allclose(lse[fin].double(), ref_lse[fin], atol=1e-3, rtol=1e-4)
+
+
 def test_dense_strided_views():
     """BHSD storage viewed as BSHD through transpose(1, 2): no copy, same result."""
     gen = torch.Generator(device="cuda").manual_seed(7)

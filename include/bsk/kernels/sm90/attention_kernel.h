@@ -325,6 +325,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     };
     auto release_all = [&](uint64_t* bar) { Barrier::arrive(bar); };  // every thread arrives
 
+    // Ping-pong (FlashAttention-3): the two warpgroups take turns issuing their GEMMs, so one
+    // warpgroup's softmax runs under the other's. Named barrier 4 + cw is warpgroup cw's turn:
+    // it waits there (its 128 threads and the other warpgroup's 128 arrivals), issues, and
+    // hands the turn over. Both warpgroups walk the same work tiles and KV tiles, so their
+    // turns pair up; the last hand-over of the kernel is left pending at exit.
+    auto turn_begin = [&] { asm volatile("bar.sync %0, 256;\n" ::"r"(4 + cw) : "memory"); };
+    auto turn_end = [&] { asm volatile("bar.arrive %0, 256;\n" ::"r"(5 - cw) : "memory"); };
+    if (cw == 1) asm volatile("bar.arrive 4, 256;\n" ::: "memory");  // warpgroup 0 goes first
     PhaseClock pc;
     if constexpr (kPhaseClock) pc.init(sm.prof[wg], ctid == 0);
     int g = 0, w = 0;
@@ -340,9 +348,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       OnlineSoftmax<kBlockN> softmax;
       softmax.scale_log2 = a.scale * 1.4426950408889634f;
       // Mask, online softmax and gate of a finished S (running KV tile gk, its metadata in slot
-      // gk % kMetaSlots, released to the producer right after the gate); returns the O
-      // correction per row.
-      auto softmax_tile = [&](const KvTile& t, int gk, float(&corr)[2]) {
+      // gk % kMetaSlots, released to the producer right after the gate); returns whether O
+      // must be rescaled (warp-uniform), by corr per row.
+      auto softmax_tile = [&](const KvTile& t, int gk, float(&corr)[2]) -> bool {
         warpgroup_fence_operand(tSrS);
         const int slot = gk % kMetaSlots;
         pc.lap(7);
@@ -354,10 +362,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // softmax, so the two warpgroups alternate GEMM and softmax phases by themselves.
         // Forcing the softmax under the P V with a branch around it measured 4-6% slower.)
         hook.mask(tSrS, t, slot, col0);
-        softmax.step(tSrS, corr);
+        const bool rescale = softmax.step(tSrS, corr);
         hook.gate(tSrS, t, slot, col0);
         if constexpr (kMeta) release_all(&sm.bar_meta_empty[slot]);
         pc.lap(5);
+        return rescale;
       };
 
       pc.lap(9);
@@ -371,19 +380,22 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // Software pipeline inside the warpgroup: the softmax of tile i runs while the tensor
         // cores do P V of tile i - 1 (FlashAttention-3's intra-warpgroup overlap).
         float corr[2];
+        bool rescale = false;  // O must be rescaled by corr before the next P V
         KvTile t = it.tile(0);
         {
           const int s = g % kStages;
           Barrier::wait(&sm.bar_k[s], (g / kStages) & 1);
           pc.lap(1);
+          turn_begin();
           issue_qk(tSrS, s);
+          turn_end();
           warpgroup_wait<0>();
           pc.lap(3);
           // K is consumed once S is in registers (the hook's metadata has its own ring), and
           // Q too when this is the work tile's only KV tile.
           release(&sm.bar_empty_k[s]);
           if (n == 1) release_all(&sm.bar_q_empty);
-          softmax_tile(t, g, corr);
+          softmax_tile(t, g, corr);  // O is still zero: nothing to rescale
           to_element(rP, tSrS);
         }
         for (int i = 1; i < n; ++i) {
@@ -392,29 +404,36 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           pc.lap(7);
           Barrier::wait(&sm.bar_k[s], (gi / kStages) & 1);
           pc.lap(1);
+          turn_begin();
           issue_qk(tSrS, s);
+          // O (P V of tile i - 2 is done) takes tile i - 1's correction while this S = Q K^T
+          // runs, not on the path from the softmax to the next GEMMs.
+          if (rescale) rescale_o(corr);
           pc.lap(7);
           Barrier::wait(&sm.bar_v[sp], ((gi - 1) / kStages) & 1);
           pc.lap(2);
           issue_pv(rP, sp);
+          turn_end();
           pc.lap(7);
           warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
           pc.lap(3);
           release(&sm.bar_empty_k[s]);
           if (i == n - 1) release_all(&sm.bar_q_empty);
-          softmax_tile(t, gi, corr);
+          rescale = softmax_tile(t, gi, corr);
           warpgroup_wait<0>();  // P V of tile i - 1 done: O and rP may be touched again
           pc.lap(6);
           warpgroup_fence_operand(tOrO);
           release(&sm.bar_empty_v[sp]);
-          rescale_o(corr);
           to_element(rP, tSrS);
         }
         const int gl = g + n - 1, sl = gl % kStages;
         pc.lap(7);
         Barrier::wait(&sm.bar_v[sl], (gl / kStages) & 1);
         pc.lap(2);
+        turn_begin();
+        if (rescale) rescale_o(corr);
         issue_pv(rP, sl);
+        turn_end();
         warpgroup_wait<0>();
         pc.lap(6);
         warpgroup_fence_operand(tOrO);

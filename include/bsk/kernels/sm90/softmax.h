@@ -18,20 +18,29 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 template <int kCols>  // accumulator columns per row (kBlockN)
 struct OnlineSoftmax {
-  static constexpr int kSumParts = 4;         // independent partial sums per row
+  static constexpr int kSumParts = 4;  // independent partial sums per row
+  // The running max a row's probabilities are taken against may lag the true max by up to
+  // 2^kStaleLog2 (probabilities up to 256, far inside fp16/bf16 and fp32 range): O and the
+  // row sum share that reference, so the result is the same, and the O accumulator is rescaled
+  // only on tiles where some row of the warp grew past it (rarely after the first tiles).
+  static constexpr float kStaleLog2 = 8.f;
   float row_max[2] = {-INFINITY, -INFINITY};  // running max of scale*log2(e)*s
   float row_sum[2] = {0.f, 0.f};              // this thread's partial sum (quad-reduced at end)
   float scale_log2 = 1.f;
 
-  // Turns s into unnormalised probabilities exp2(s*scale_log2 - max) in place and returns the
-  // factor the output accumulator must be rescaled by for each row.
+  // Turns s into unnormalised probabilities exp2(s*scale_log2 - max) in place. Returns whether
+  // the output accumulator must be rescaled by correction[b] for each row (warp-uniform: the
+  // caller branches around the rescale); when false the reference maxima did not move and
+  // correction is 1.
   template <class Frag>
-  __device__ void step(Frag& s, float (&correction)[2]) {
+  __device__ bool step(Frag& s, float (&correction)[2]) {
     // Row max and row sum as trees of independent partial results, not one chain through all of
     // the row's elements: with a 32-deep dependent chain per row the consumers stall on each
     // FMNMX / FADD's latency (ncu: "wait" and short-scoreboard stalls on them).
     constexpr int kV = kCols / 8;
     static_assert(kV % kSumParts == 0, "partial sums split the row evenly");
+    float m_new[2];
+    bool grow = false;
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       float m[kV];
@@ -42,12 +51,21 @@ struct OnlineSoftmax {
 #pragma unroll
         for (int v = 0; v < kV / 2; ++v)
           if (v < w) m[v] = fmaxf(m[v], m[v + w]);
-      float mx = quad_max(m[0]) * scale_log2;
-      float m_new = fmaxf(row_max[b], mx);
-      // A row that has seen no key yet keeps max -inf; use 0 so exp2 gives 0, not NaN.
-      float m_use = m_new == -INFINITY ? 0.f : m_new;
-      correction[b] = exp2f(row_max[b] - m_use);
-      row_max[b] = m_new;
+      m_new[b] = fmaxf(row_max[b], quad_max(m[0]) * scale_log2);
+      // (-inf + 8 stays -inf: a row's first finite max always moves the reference.)
+      grow |= m_new[b] > row_max[b] + kStaleLog2;
+    }
+    const bool rescale = __any_sync(0xffffffff, grow);
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      if (rescale) {
+        // A row that has seen no key yet keeps max -inf; exp2(-inf - 0) gives 0, not NaN.
+        correction[b] = exp2f(row_max[b] - (m_new[b] == -INFINITY ? 0.f : m_new[b]));
+        row_max[b] = m_new[b];
+      } else {
+        correction[b] = 1.f;
+      }
+      const float m_use = row_max[b] == -INFINITY ? 0.f : row_max[b];
       float part[kSumParts];
 #pragma unroll
       for (int q = 0; q < kSumParts; ++q) part[q] = 0.f;
@@ -64,8 +82,9 @@ struct OnlineSoftmax {
 #pragma unroll
         for (int q = 0; q < kSumParts / 2; ++q)
           if (q < w) part[q] += part[q + w];
-      row_sum[b] = row_sum[b] * correction[b] + part[0];
+      row_sum[b] = (rescale ? row_sum[b] * correction[b] : row_sum[b]) + part[0];
     }
+    return rescale;
   }
 
   // Final normaliser 1/l and natural-log LSE per row; rows with no key: 0 and -inf.
