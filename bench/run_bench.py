@@ -789,7 +789,7 @@ def main(argv=None) -> int:
     log(f"{len(workloads)} workloads, {n_rows} rows; budget {args.time_budget:.0f} s")
 
     stem = R.output_stem(env, suffix="-dryrun" if DEVICE != "cuda" else
-                         ("-quick" if args.quick else ""))
+                         ("-quick" if args.quick else ("-sweep" if args.sweep else "")))
     doc = dict(schema_version=R.SCHEMA_VERSION,
                generated_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                env=env, config=dict(argv=sys.argv[1:], quick=args.quick, sweep=args.sweep,

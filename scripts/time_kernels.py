@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--slope", type=float, default=0.001,
                     help="score slope per key position (the bench uses 1 / S)")
     ap.add_argument("--only", choices=["all", "sparsek"], default="all")
+    ap.add_argument("--no-flash", action="store_true", help="skip the SDPA flash backend")
     ap.add_argument("--kernels", action="store_true",
                     help="also print each CUDA kernel's mean time in the SparseK call (profiler)")
     ap.add_argument("--json", default=None)
@@ -65,7 +66,8 @@ def main():
         f = flops_dense / (2 if causal else 1)
         add(f"bsk_dense{'_causal' if causal else ''}",
             timeit(lambda: _C.attention_fwd(q, k, v, out, lse, causal, None, st)), f)
-        for be, name in ((SDPBackend.CUDNN_ATTENTION, "cudnn"), (SDPBackend.FLASH_ATTENTION, "flash")):
+        backends = ((SDPBackend.CUDNN_ATTENTION, "cudnn"), (SDPBackend.FLASH_ATTENTION, "flash"))
+        for be, name in backends[:1] if a.no_flash else backends:
             try:
                 with sdpa_kernel(be):
                     add(f"sdpa_{name}{'_causal' if causal else ''}",
