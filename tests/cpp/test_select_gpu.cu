@@ -393,6 +393,9 @@ TEST(SelectGpu, LargeSGlobalPath) {
   run_case({1, 20000, 2, 20000, 256, 256, Dist::kNormal, 128}, 101);
   run_case({2, 40000, 1, 700, 1024, 64, Dist::kTies3, 128}, 102);
   run_case({1, 20001, 1, 5000, 3, 0, Dist::kNonFinite, 64}, 103);
+  run_case({1, 20000, 2, 20000, 256, 256, Dist::kSlopeUp, 128}, 104);
+  run_case({1, 17000, 1, 17000, 100, 30, Dist::kTiesInt, 128}, 105);
+  run_case({1, 16500, 1, 16500, 16000, 0, Dist::kNormal, 128}, 106);  // few computed rows
 }
 
 // The seed shape: time printed; correctness checked on a few heads with the same data.

@@ -21,7 +21,7 @@
 //      filtered copy of the previous tile's union plus the keys that arrived in between.
 // Everything is in shared memory up to kMaxSmemN keys (u16 indices). Longer sequences sort with
 // cub::DeviceSegmentedRadixSort in the workspace and run the same steps on global memory, a
-// batch of heads at a time.
+// batch of heads at a time, with kGlobalLanes chunks per head (every warp sweeps).
 //
 // Performance (H100, seed shape B=16, Hkv=96, S=4096, k=256, window=256, union on).
 // Before (one sweeping warp, 32 chunks, wdlog 5): 2.70 ms. Per CTA then (cycles, median): sort
@@ -57,8 +57,11 @@ namespace {
 
 namespace sc = bsk::select_core;
 
-constexpr int kLanes = 32;          // chunks per head on the global path (one warp sweeps)
-constexpr int kMaxLanes = 256;      // chunks per head at most on the shared-memory path
+constexpr int kLanes = 32;      // chunks per head for the larger shared-memory instantiations
+constexpr int kMaxLanes = 256;  // chunks per head at most on the shared-memory path
+// Chunks per head on the global path: all 8 warps of its CTA sweep. With one sweeping warp (32
+// chunks) a 65536-key head was a chain of ~2048 rows per lane at global-memory latency.
+constexpr int kGlobalLanes = 256;
 constexpr int kDefaultChunks = 64;  // the best of the measured grid below
 
 #if defined(BSK_SELECT_PROFILE)
@@ -538,8 +541,8 @@ __global__ void prep_sort_kernel(const KArgs a, uint32_t* keys, int32_t* vals, i
 __global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
   __shared__ int s_fnf;
   __shared__ unsigned s_maxabs;
-  __shared__ int64_t s_bound[kLanes + 1];
-  __shared__ int s_thend[kLanes];
+  __shared__ int64_t s_bound[kGlobalLanes + 1];
+  __shared__ int s_thend[kGlobalLanes];
   const int tid = threadIdx.x;
   const int g = blockIdx.x;
   const int bh = a.bh0 + g;
@@ -604,8 +607,10 @@ std::size_t table_bytes(int n, int wdlog, std::size_t cnt_size, int chunks) {
 }
 
 // Development knobs (read once): BSK_SELECT_CHUNKS (sweeping lanes per head, up to 256, for
-// Sk <= 4096), BSK_SELECT_CTAS (the CTAs per SM the shared memory plan targets: 1..3) and
-// BSK_SELECT_WDLOG (the smallest table word to try).
+// Sk <= 4096), BSK_SELECT_CTAS (the CTAs per SM the shared memory plan targets: 1..3),
+// BSK_SELECT_WDLOG (the smallest table word to try), BSK_SELECT_GLOBAL_CHUNKS (lanes per head on
+// the global path, up to 256) and BSK_SELECT_SMEM_MAX_N (the longest Sk kept on the
+// shared-memory path, at most kMaxSmemN).
 int env_int(const char* name, int dflt) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != 0 ? std::atoi(v) : dflt;
@@ -615,7 +620,8 @@ int env_int(const char* name, int dflt) {
 // keys do not fit in shared memory.
 bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   const int64_t n = p.seqlen_k;
-  if (n > kMaxSmemN) return false;
+  static const int env_max_n = env_int("BSK_SELECT_SMEM_MAX_N", kMaxSmemN);
+  if (n > std::min(env_max_n, kMaxSmemN)) return false;
   if (n <= 1024) {
     sp.threads = 256, sp.items = 4;
   } else if (n <= 2048) {
@@ -719,6 +725,7 @@ void launch_smem(const KArgs& a, const SmemPlan& sp, int64_t heads, cudaStream_t
 struct GlobalPlan {
   int batch = 0;  // heads per batch
   int wdlog = 6;
+  int nchunks = kGlobalLanes;
   std::size_t off_keys_a = 0, off_keys_b = 0, off_vals_a = 0, off_vals_b = 0, off_offsets = 0;
   std::size_t off_cub = 0, cub_bytes = 0, off_scratch = 0, scratch_stride = 0;
   std::size_t d_off = 0, tcnt_off = 0, tsum_off = 0;
@@ -734,6 +741,8 @@ GlobalPlan plan_global(const SelectParams& p) {
   const int64_t max_by_items = (int64_t{1} << 31) / 2 / std::max<int64_t>(n, 1);
   gp.batch = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({heads, 512, max_by_items})));
   gp.wdlog = std::max(6, sc::bit_width64(static_cast<uint64_t>(n)) - 9);  // ~512 table words
+  static const int env_chunks = env_int("BSK_SELECT_GLOBAL_CHUNKS", kGlobalLanes);
+  gp.nchunks = std::min(std::max(env_chunks, 1), kGlobalLanes);
   const std::size_t items = static_cast<std::size_t>(gp.batch) * static_cast<std::size_t>(n);
   std::size_t pos = 0;
   auto take = [&](std::size_t bytes) {
@@ -759,8 +768,9 @@ GlobalPlan plan_global(const SelectParams& p) {
   gp.tcnt_off = gp.d_off + align_up(static_cast<std::size_t>(n) * 4, kAlign);
   const std::size_t tw =
       static_cast<std::size_t>(std::max(table_words(static_cast<int>(n), gp.wdlog), 0));
-  gp.tsum_off = gp.tcnt_off + align_up(4 * kLanes * tw, kAlign);
-  gp.scratch_stride = gp.tsum_off + align_up(8 * kLanes * tw + 8, kAlign);
+  const std::size_t chunks = static_cast<std::size_t>(gp.nchunks);
+  gp.tsum_off = gp.tcnt_off + align_up(4 * chunks * tw, kAlign);
+  gp.scratch_stride = gp.tsum_off + align_up(8 * chunks * tw + 8, kAlign);
   gp.off_scratch = take(gp.scratch_stride * static_cast<std::size_t>(gp.batch));
   gp.total = pos;
   return gp;
@@ -811,6 +821,7 @@ void sparsek_select(const SelectParams& p) {
   const GlobalPlan gp = plan_global(p);
   char* ws = static_cast<char*>(p.workspace);
   a.wdlog = gp.wdlog;
+  a.nchunks = gp.nchunks;
   const int n = a.n;
   for (int64_t bh0 = 0; bh0 < heads; bh0 += gp.batch) {
     const int g = static_cast<int>(std::min<int64_t>(gp.batch, heads - bh0));
