@@ -6,8 +6,9 @@
 //   1. load the head's scores (strided), find the first non-finite index and max |u|, and sort
 //      the keys by (u, j) descending with cub::BlockRadixSort (stable; keys fed in decreasing j
 //      so equal scores come out with the larger index first); store them as 64-bit fixed point;
-//   2. cut the computed L range into C cost-balanced chunks (C = 32 per sweeping warp, up to 256
-//      for Sk <= 4096, 32 above; BSK_SELECT_CHUNKS overrides for experiments) and build the
+//   2. cut the computed L range into C cost-balanced chunks (32 per sweeping warp; C = 64 for
+//      Sk <= 4096, up to 128 above, 256 on the global path; BSK_SELECT_CHUNKS and
+//      BSK_SELECT_CHUNKS_BIG override them for experiments) and build the
 //      per-chunk prefix table (integer atomics: exact, so deterministic; the suffix / prefix
 //      passes are warp-parallel shuffle scans, one warp per table line);
 //   3. all threads write the rows that need no computation (n_p <= k, or a non-finite
@@ -57,12 +58,13 @@ namespace {
 
 namespace sc = bsk::select_core;
 
-constexpr int kLanes = 32;      // chunks per head for the larger shared-memory instantiations
+constexpr int kLanes = 32;      // the parameter structs' default chunk count
 constexpr int kMaxLanes = 256;  // chunks per head at most on the shared-memory path
 // Chunks per head on the global path: all 8 warps of its CTA sweep. With one sweeping warp (32
 // chunks) a 65536-key head was a chain of ~2048 rows per lane at global-memory latency.
 constexpr int kGlobalLanes = 256;
-constexpr int kDefaultChunks = 64;  // the best of the measured grid below
+constexpr int kDefaultChunks = 64;      // the best of the measured grid below (Sk <= 4096)
+constexpr int kDefaultChunksBig = 128;  // Sk in (4096, 16384], capped by smem_chunk_cap
 
 #if defined(BSK_SELECT_PROFILE)
 // Development aid: per-CTA clock64 at phase boundaries (see the profiling driver in the notes).
@@ -439,15 +441,25 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
 // ---------------------------------------------------------------------------------------------
 // Shared-memory path.
 // ---------------------------------------------------------------------------------------------
+// Chunks per head at most, per instantiation: 256 up to 4096 keys; 64 for 8192 (two CTAs per
+// SM leave ~1 KB for the static arrays below) and 128 for 16384 (one CTA per SM).
+__host__ __device__ constexpr int smem_chunk_cap(int threads, int items) {
+  return (threads == 256 && items <= 16) ? kMaxLanes : (threads == 256 ? 64 : 128);
+}
+// Static shared memory of select_smem_kernel with chunk cap c (s_bound, s_thend, two words).
+constexpr std::size_t smem_static_bytes(int c) {
+  return 8 * static_cast<std::size_t>(c + 1) + 4 * static_cast<std::size_t>(c) + 16;
+}
+
 template <int kThreads, int kItems, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const KArgs a) {
   using Sort = cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t>;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int s_fnf;
   __shared__ unsigned s_maxabs;
-  // Up to kMaxLanes chunks for the 4096-key instantiations, kLanes for the larger ones (whose
-  // dynamic shared memory leaves no room).
-  constexpr int kCap = (kThreads == 256 && kItems <= 16) ? kMaxLanes : kLanes;
+  // The most chunks per head (smem_chunk_cap: the larger instantiations' static arrays must
+  // leave their dynamic shared memory room).
+  constexpr int kCap = smem_chunk_cap(kThreads, kItems);
   __shared__ int64_t s_bound[kCap + 1];
   __shared__ int s_thend[kCap];
   float* val = reinterpret_cast<float*>(smem);  // raw scores until the sort, then fixed values
@@ -636,8 +648,10 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   // Occupancy target (registers allow 3 CTAs of 256 threads): 3 per SM up to 4096 keys, then 2, 1.
   static const int env_ctas = env_int("BSK_SELECT_CTAS", 3);
   const int ctas = std::max(1, std::min(env_ctas, n <= 4096 ? 3 : (n <= 8192 ? 2 : 1)));
+  const int cap = smem_chunk_cap(sp.threads, sp.items);
+  const std::size_t stat = smem_static_bytes(cap);  // 1 KB per CTA is the system's
   const std::size_t budget =
-      std::min<std::size_t>(kSmemPerSm / ctas - 1024 - 64, kSmemPerBlockMax - 64);
+      std::min<std::size_t>(kSmemPerSm / ctas - 1024 - stat, kSmemPerBlockMax - stat);
   const std::size_t np = align_up(static_cast<std::size_t>(n), 32);  // whole alive-mask words
   sp.off_idx = static_cast<uint32_t>(np * 8);                        // int64 fixed values first
   sp.off_pos = static_cast<uint32_t>(np * 10);
@@ -649,8 +663,9 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   sp.off_sort = sort_low ? static_cast<uint32_t>(align_up(np * 4, 128)) : sp.off_region;
   const std::size_t d_b = align_up(np * 2, 16);
   static const int env_chunks = env_int("BSK_SELECT_CHUNKS", kDefaultChunks);
+  static const int env_chunks_big = env_int("BSK_SELECT_CHUNKS_BIG", kDefaultChunksBig);
   static const int env_wdlog = env_int("BSK_SELECT_WDLOG", 5);
-  sp.nchunks = n <= 4096 ? std::min(std::max(env_chunks, 1), kMaxLanes) : kLanes;
+  sp.nchunks = std::min(std::max(n <= 4096 ? env_chunks : env_chunks_big, 1), cap);
   auto bytes_for = [&](int wdlog) {
     return sp.off_region + std::max({sort_low ? std::size_t{0} : sort_b,
                                      table_bytes(static_cast<int>(n), wdlog, 2, sp.nchunks), d_b});
@@ -659,7 +674,7 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   sp.wdlog = std::min(std::max(env_wdlog, 5), 14);
   while (sp.wdlog < 14 && bytes_for(sp.wdlog) > budget) ++sp.wdlog;
   sp.bytes = bytes_for(sp.wdlog);
-  if (sp.bytes > kSmemPerBlockMax - 64) return false;
+  if (sp.bytes > kSmemPerBlockMax - stat) return false;
   // Union buffers (one tile's list per warp) after D when they fit in the budget; otherwise the
   // previous tile is read back from the output.
   const std::size_t ub = static_cast<std::size_t>(sp.threads / 32) *
