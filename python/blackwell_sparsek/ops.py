@@ -187,8 +187,13 @@ def sparsek_attention_fwd(q: Tensor, k: Tensor, v: Tensor, scores: Tensor, k_sel
         C = _backend.extension()
         qd, kd, vd = (_backend.kernel_operand(t) for t in (q, k, v))
         sd = _backend.kernel_operand(scores, aligned=False)
+        # The selection summaries and per-tile unions live in scratch from PyTorch's caching
+        # allocator: no allocation outside it (which it could not reuse or account for) per call.
+        ws = torch.empty(C.sparsek_attention_fwd_workspace_size(qd, kd, vd, sd, int(k_select),
+                                                                int(window)),
+                         dtype=torch.uint8, device=q.device)
         if _run_kernel("sparsek_attention_fwd", q.device, lambda s: C.sparsek_attention_fwd(
-                qd, kd, vd, sd, out, lse, int(k_select), int(window), float(scale), s)):
+                qd, kd, vd, sd, out, lse, int(k_select), int(window), float(scale), s, ws)):
             return out, lse
     else:
         _backend.fallback(decision)

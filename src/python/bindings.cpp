@@ -147,7 +147,7 @@ NB_MODULE(_C, m) {
   m.def(
       "sparsek_attention_fwd",
       [](Array q, Array k, Array v, Array scores, Array out, Array lse, int64_t k_select,
-         int64_t window, nb::object scale, uintptr_t stream) {
+         int64_t window, nb::object scale, uintptr_t stream, Array workspace) {
         bsk::SparseKFwdArgs a;
         a.q = view(q, "q");
         a.k = view(k, "k");
@@ -159,12 +159,37 @@ NB_MODULE(_C, m) {
         a.window = window;
         a.scale = scale_or_default(scale);
         a.stream = stream_ptr(stream);
+        if (workspace.is_valid()) {
+          // Caller-owned scratch (e.g. from PyTorch's caching allocator) instead of a
+          // stream-ordered allocation per call.
+          if (workspace.device_type() != nb::device::cuda::value)
+            throw bsk::InvalidArgument("sparsek_attention_fwd", "workspace",
+                                       "must be a CUDA tensor");
+          a.workspace = workspace.data();
+          a.workspace_bytes = workspace.nbytes();
+        }
         nb::gil_scoped_release nogil;
         bsk::sparsek_attention_fwd(a);
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("scores"), nb::arg("out"),
       nb::arg("lse").none(), nb::arg("k_select"), nb::arg("window"), nb::arg("scale").none(),
-      nb::arg("stream") = 0);
+      nb::arg("stream") = 0, nb::arg("workspace").none() = nb::none());
+
+  m.def(
+      "sparsek_attention_fwd_workspace_size",
+      [](Array q, Array k, Array v, Array scores, int64_t k_select, int64_t window) {
+        bsk::SparseKFwdArgs a;
+        a.q = view(q, "q");
+        a.k = view(k, "k");
+        a.v = view(v, "v");
+        a.scores = view(scores, "scores");
+        a.k_select = k_select;
+        a.window = window;
+        return bsk::sparsek_attention_fwd_workspace_size(a);
+      },
+      nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("scores"), nb::arg("k_select"),
+      nb::arg("window"),
+      "Bytes of device scratch sparsek_attention_fwd needs (0 for CPU tensors).");
 
   m.def(
       "sparsek_attention_bwd",

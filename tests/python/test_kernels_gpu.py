@@ -201,6 +201,32 @@ def run_sparse(q, k, v, scores, k_select, window, scale=None):
 
 
 
+def test_sparsek_caller_workspace():
+    """A caller-provided workspace (what the PyTorch op passes) gives the same bits as the
+    call's own allocation; one byte short is refused, naming the argument, before anything is
+    written."""
+    gen = torch.Generator(device="cuda").manual_seed(17)
+    B, S, H, Hkv, D = 2, 700, 4, 2, 128
+    q = rand(B, S, H, D, dtype=torch.float16, gen=gen)
+    k, v = (rand(B, S, Hkv, D, dtype=torch.float16, gen=gen) for _ in range(2))
+    u = make_scores(B, S, Hkv, "randn", gen)
+    ref, ref_lse = run_sparse(q, k, v, u, 64, 32)
+    nbytes = _C.sparsek_attention_fwd_workspace_size(q, k, v, u, 64, 32)
+    assert nbytes > 0
+    ws = torch.full((nbytes,), 0xAB, device="cuda", dtype=torch.uint8)  # garbage scratch
+    out = poison(torch.empty_like(q))
+    lse = poison(torch.empty(B, H, S, device="cuda", dtype=torch.float32))
+    _C.sparsek_attention_fwd(q, k, v, u, out, lse, 64, 32, None, stream(), ws)
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
+    out2 = poison(torch.empty_like(q))
+    before = out2.clone()
+    with pytest.raises(ValueError, match="argument 'workspace'"):
+        _C.sparsek_attention_fwd(q, k, v, u, out2, None, 64, 32, None, stream(), ws[:-1])
+    torch.cuda.synchronize()
+    assert torch.equal(out2.view(torch.int16), before.view(torch.int16))
+
+
 @pytest.mark.parametrize("sparse", [False, True])
 def test_output_view_with_padded_rows(sparse):
     """O written into a view whose rows are padded (head stride D + 8, one spare row per batch):

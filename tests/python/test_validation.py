@@ -272,3 +272,15 @@ def test_kernels_available_on_cpu():
     assert bsk.kernels_available("cpu") is False
     assert isinstance(bsk.build_info(), str)
     assert _backend.choose("x", torch.device("cpu")) is not None
+
+
+def test_sparsek_workspace_size_on_cpu_and_bad_arguments():
+    """The native workspace query: no device scratch for CPU tensors, and the same argument
+    checks (naming the argument) as the forward itself."""
+    from blackwell_sparsek import _C
+    q, k, v = qkv(torch.float16)
+    assert _C.sparsek_attention_fwd_workspace_size(q, k, v, scores(), 4, 4) == 0
+    raises(ValueError, "sparsek_attention_fwd_workspace_size", "scores",
+           lambda: _C.sparsek_attention_fwd_workspace_size(q, k, v, scores(hkv=2 * HKV), 4, 4))
+    raises(ValueError, "sparsek_attention_fwd_workspace_size", "k_select",
+           lambda: _C.sparsek_attention_fwd_workspace_size(q, k, v, scores(), -1, 4))
