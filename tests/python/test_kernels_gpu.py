@@ -46,12 +46,9 @@ def test_dense_vs_reference(shape, dtype, causal):
     check_dense(shape, dtype, causal, hash((shape, str(dtype), causal)) % 2**31)
 
 
-def check_dense(shape, dtype, causal, seed):
-    """One dense launch on fresh data against the float64 reference (FA rule, LSE)."""
-    B, Sq, Sk, H, Hkv, D = shape
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    q, k, v = rand(B, Sq, H, D, dtype=dtype, gen=gen), rand(B, Sk, Hkv, D, dtype=dtype, gen=gen), \
-        rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
+def check_dense_launch(q, k, v, causal):
+    """One dense launch against the float64 reference (FA rule, LSE)."""
+    dtype, D = q.dtype, q.shape[-1]
     out, lse = run_dense(q, k, v, causal)
     scale = default_scale(D)
     ref, ref_lse = dense_ref(q, k, v, causal, scale)
@@ -60,6 +57,15 @@ def check_dense(shape, dtype, causal, seed):
     fin = torch.isfinite(ref_lse)
     assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), "-inf LSE placement differs"
     assert torch.allclose(lse[fin].double(), ref_lse[fin], atol=1e-3, rtol=1e-4)
+
+
+def check_dense(shape, dtype, causal, seed):
+    """One dense launch on fresh data against the float64 reference (FA rule, LSE)."""
+    B, Sq, Sk, H, Hkv, D = shape
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = rand(B, Sq, H, D, dtype=dtype, gen=gen), rand(B, Sk, Hkv, D, dtype=dtype, gen=gen), \
+        rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
+    check_dense_launch(q, k, v, causal)
 
 
 @pytest.mark.parametrize("shape", [(1, 1000, 1000, 2, 2, 128), (2, 300, 1500, 4, 1, 64)])
@@ -77,14 +83,7 @@ def test_dense_logits_drifting_along_keys(shape, growing, causal):
     gain = 1 + (j if growing else Sk - 1 - j) / 96
     k = (rand(B, Sk, Hkv, D, dtype=torch.float32, gen=gen) * gain[None, :, None, None]).to(dtype)
     v = rand(B, Sk, Hkv, D, dtype=dtype, gen=gen)
-    out, lse = run_dense(q, k, v, causal)
-    scale = default_scale(D)
-    ref, ref_lse = dense_ref(q, k, v, causal, scale)
-    low, _ = dense_ref(q, k, v, causal, scale, dtype=dtype)
-    assert_fa_rule(out, ref, low, "out", EPS[dtype])
-    fin = torch.isfinite(ref_lse)
-    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), "-inf LSE placement differs"
-    assert torch.allclose(lse[fin].double(), ref_lse[fin], atol=1e-3, rtol=1e-4)
+    check_dense_launch(q, k, v, causal)
 
 
 def test_dense_strided_views():
