@@ -59,6 +59,19 @@ float scale_or_default(const nb::object& s) {
   return s.is_none() ? bsk::kDefaultScale : nb::cast<float>(s);
 }
 
+// The inputs the SparseK forward and its workspace query share.
+bsk::SparseKFwdArgs sparsek_fwd_inputs(const Array& q, const Array& k, const Array& v,
+                                       const Array& scores, int64_t k_select, int64_t window) {
+  bsk::SparseKFwdArgs a;
+  a.q = view(q, "q");
+  a.k = view(k, "k");
+  a.v = view(v, "v");
+  a.scores = view(scores, "scores");
+  a.k_select = k_select;
+  a.window = window;
+  return a;
+}
+
 }  // namespace
 
 NB_MODULE(_C, m) {
@@ -148,15 +161,9 @@ NB_MODULE(_C, m) {
       "sparsek_attention_fwd",
       [](Array q, Array k, Array v, Array scores, Array out, Array lse, int64_t k_select,
          int64_t window, nb::object scale, uintptr_t stream, Array workspace) {
-        bsk::SparseKFwdArgs a;
-        a.q = view(q, "q");
-        a.k = view(k, "k");
-        a.v = view(v, "v");
-        a.scores = view(scores, "scores");
+        bsk::SparseKFwdArgs a = sparsek_fwd_inputs(q, k, v, scores, k_select, window);
         a.out = view(out, "out");
         a.lse = view(lse, "lse");
-        a.k_select = k_select;
-        a.window = window;
         a.scale = scale_or_default(scale);
         a.stream = stream_ptr(stream);
         if (workspace.is_valid()) {
@@ -178,14 +185,8 @@ NB_MODULE(_C, m) {
   m.def(
       "sparsek_attention_fwd_workspace_size",
       [](Array q, Array k, Array v, Array scores, int64_t k_select, int64_t window) {
-        bsk::SparseKFwdArgs a;
-        a.q = view(q, "q");
-        a.k = view(k, "k");
-        a.v = view(v, "v");
-        a.scores = view(scores, "scores");
-        a.k_select = k_select;
-        a.window = window;
-        return bsk::sparsek_attention_fwd_workspace_size(a);
+        return bsk::sparsek_attention_fwd_workspace_size(
+            sparsek_fwd_inputs(q, k, v, scores, k_select, window));
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("scores"), nb::arg("k_select"),
       nb::arg("window"),
