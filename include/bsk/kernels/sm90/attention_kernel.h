@@ -22,6 +22,11 @@
 #include "bsk/kernels/sm90/tma_load.h"
 #include "kernels/kernels.h"
 
+// Development switch: 0 builds the dense kernel without the softmax pin (v28 in the notes).
+#ifndef BSK_DENSE_PIN_SOFTMAX
+#define BSK_DENSE_PIN_SOFTMAX 1
+#endif
+
 namespace bsk::sm90 {
 
 template <class Traits>
@@ -420,6 +425,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           release(&sm.bar_empty_k[s]);
           if (i == n - 1) release_all(&sm.bar_q_empty);
           rescale = softmax_tile(t, gi, corr);
+#if BSK_DENSE_PIN_SOFTMAX
+          if constexpr (!kMeta) {
+            // Without a memory operation that depends on the softmax before the wait below,
+            // ptxas sinks the whole softmax under it (after the P V has drained). A store of the
+            // row sums to this thread's own word pair of the unused key_u array keeps the
+            // softmax between the two waits, under its own P V.
+            static_assert(kMetaSlots * kBlockN >= 2 * 256, "key_u holds 2 floats per consumer");
+            const uint32_t pin = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.key_u[0][0])) +
+                                 8u * static_cast<uint32_t>(ctid + 128 * cw);
+            asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(pin), "f"(softmax.row_sum[0]),
+                         "f"(softmax.row_sum[1])
+                         : "memory");
+          }
+#endif
           warpgroup_wait<0>();  // P V of tile i - 1 done: O and rP may be touched again
           pc.lap(6);
           warpgroup_fence_operand(tOrO);
