@@ -27,5 +27,10 @@ for dtype, D in [(torch.float16, 128), (torch.bfloat16, 64)]:
     v = torch.randn_like(k)
     u = torch.randn(1, 700, 1, device="cuda")
     _C.sparsek_attention_fwd(q, k, v, u, torch.empty_like(q), None, 600, 16, None, s)
+# Selection over many passes (about 1050 computed rows), with tied scores.
+u = torch.randint(0, 5, (1, 1100, 1), device="cuda").float() * 0.5
+q = torch.randn(1, 1100, 1, 64, device="cuda", dtype=torch.float16)
+k = torch.randn_like(q)
+_C.sparsek_attention_fwd(q, k, torch.randn_like(k), u, torch.empty_like(q), None, 50, 8, None, s)
 torch.cuda.synchronize()
 print("sanitize_small: done")

@@ -417,6 +417,7 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
         int j = -1;
         if (i < cnt) j = buf ? prev[i] : __ldcg(prev + i);
         const int64_t dj = i < cnt ? static_cast<int64_t>(d[j]) : 0;
+        __syncwarp();  // the filtered copy writes where other lanes of the warp just read
         emit(i < cnt && sc::in_union(dj, j, la, lb), j, dj);
       }
       jstart = prev_lb;
