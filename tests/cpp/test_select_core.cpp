@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bsk/kernels/sm90/sparsek_select_core.h"
+#include "bsk/kernels/sm90/sparsek_select_pass.h"
 
 namespace sc = bsk::select_core;
 
@@ -326,6 +327,218 @@ EmuOut select_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_
   return o;
 }
 
+// Emulation of the pass algorithm (sparsek_select_pass.h) the way select_passes in the kernel
+// drives it: rows in passes of up to `rows_per_pass` prefix lengths, `band` ranks per band.
+EmuOut select_emulate_passes(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window,
+                             int band, int rows_per_pass, int tile_q, int* passes_out = nullptr) {
+  const int n = static_cast<int>(u.size());
+  Sorted s = sort_keys(u);
+  HostKeys keys = s.keys();
+  sc::RowPlan p = sc::make_plan(n, sq, k, window, s.fnf);
+  const int64_t one = s.fx.one;
+  EmuOut o;
+  o.tau.assign(sq, -12345.f);
+  o.theta_val.assign(sq, -12345.f);
+  o.theta_idx.assign(sq, -12345);
+  o.n_active.assign(sq, -12345);
+  o.d.assign(n, 0);
+  for (int j = 0; j < n; ++j) o.d[j] = sc::initial_d(p, j);
+  auto put = [&](int64_t i, const sc::RowOut& r) {
+    EXPECT_EQ(o.theta_idx[i], -12345) << "row " << i << " written twice";
+    o.tau[i] = r.tau;
+    o.theta_val[i] = r.theta_val;
+    o.theta_idx[i] = r.theta_idx;
+    o.n_active[i] = r.n_active;
+  };
+  for (int64_t i = 0; i < sq; ++i) {
+    int kind = sc::row_kind(p, p.row_L(i));
+    if (kind == 0) put(i, sc::trivial_row());
+    if (kind == 1) put(i, sc::nan_row());
+  }
+  int passes = 0;
+  if (p.computed_rows() > 0) {
+    const int nw = (n + 31) / 32;
+    const int R = rows_per_pass, mw = (R + 31) / 32;
+    std::vector<int32_t> wcnt(nw + 1, 0), cntw(nw + 1);
+    std::vector<int64_t> wsum(nw + 1, 0), sumw(nw + 1);
+    std::vector<uint16_t> rth(n + 1, 0);
+    auto add_key = [&](int64_t j) {
+      const int r = keys.pos(static_cast<int>(j));
+      wcnt[r >> 5] += 1;
+      wsum[r >> 5] += keys.v(r);
+    };
+    int64_t L1 = p.llo;
+    for (int64_t j = 0; j < L1; ++j) add_key(j);
+    auto scan_words = [&]() {
+      int32_t c = 0;
+      int64_t sm = 0;
+      for (int w = 0; w <= nw; ++w) {
+        cntw[w] = c;
+        sumw[w] = sm;
+        c += wcnt[w];
+        sm += wsum[w];
+      }
+    };
+    auto base_stats = [&](int r, int64_t& c, int64_t& sm) {
+      sc::base_prefix(keys, cntw.data(), sumw.data(), static_cast<int>(L1), r, c, sm);
+    };
+    scan_words();
+    int64_t A = sc::initial_lower_bound(keys, cntw.data(), nw, static_cast<int>(L1), k, one);
+    while (L1 <= p.lhi) {
+      ++passes;
+      EXPECT_LT(passes, 100000) << "no progress";
+      if (passes >= 100000) break;
+      scan_words();
+      const int rows = static_cast<int>(std::min<int64_t>(R, p.lhi - L1 + 1));
+      const int nnew = rows - 1;
+      sc::PassData d;
+      d.b = sc::pass_bounds(keys, A, band, one, cntw.data(), nw, static_cast<int>(L1));
+      d.one = one;
+      d.k = k;
+      EXPECT_GT(d.b.B, d.b.A);
+      int64_t c0, s0, c1, s1;
+      base_stats(d.b.r_sat, c0, s0);
+      d.sat = c0;
+      base_stats(d.b.r_u, c0, s0);
+      base_stats(d.b.r_l, c1, s1);
+      d.lin_cnt = c1 - c0;
+      d.lin_sum = s1 - s0;
+      // Entries: runs of equal alive values over the band ranks, a new run at each piece's
+      // first alive key (8 pieces, as the kernel's warps).
+      std::vector<int64_t> ev;
+      std::vector<int32_t> ec;
+      {
+        const int total = sc::band_ranks(d.b), piece = sc::band_piece(total, 8);
+        int last_piece = -1;
+        for (int q = 0; q < total; ++q) {
+          const int r = sc::band_rank_at(d.b, q);
+          if (keys.idx(r) >= L1) continue;
+          if (q / piece != last_piece || keys.v(r) != ev.back()) {
+            ev.push_back(keys.v(r));
+            ec.push_back(0);
+          }
+          last_piece = q / piece;
+          ec.back() += 1;
+        }
+      }
+      EXPECT_LE(static_cast<int>(ev.size()), sc::max_entries(band, 8));
+      d.ne = static_cast<int>(ev.size());
+      std::vector<int32_t> pc(d.ne + 1, 0);
+      std::vector<int64_t> ps(d.ne + 1, 0);
+      for (int e = 0; e < d.ne; ++e) {
+        pc[e + 1] = pc[e] + ec[e];
+        ps[e + 1] = ps[e] + ec[e] * ev[e];
+      }
+      d.ev = ev.data();
+      d.pc = pc.data();
+      d.ps = ps.data();
+      const sc::PointRanges pr = sc::point_ranges(d);
+      d.np = 2 + (pr.x1 - pr.x0) + (pr.y1 - pr.y0);
+      std::vector<int64_t> pt(d.np, INT64_MIN), pf(d.np, 0);
+      pt[0] = d.b.A;
+      pt[d.np - 1] = d.b.B;
+      for (int e = pr.x0; e < pr.x1; ++e) {
+        const int at = sc::point_pos_x(d, pr, e);
+        EXPECT_EQ(pt[at], INT64_MIN);
+        pt[at] = ev[e];
+      }
+      for (int e = pr.y0; e < pr.y1; ++e) {
+        const int at = sc::point_pos_y(d, pr, e);
+        EXPECT_EQ(pt[at], INT64_MIN);
+        pt[at] = ev[e] - one;
+      }
+      for (int m = 0; m < d.np; ++m) {
+        if (m > 0) {
+          EXPECT_LE(pt[m - 1], pt[m]) << "points out of order";
+        }
+        pf[m] = sc::f_base(d, pt[m]);
+      }
+      d.pt = pt.data();
+      d.pf = pf.data();
+      // New keys.
+      std::vector<int32_t> nsat(rows), nlin(rows), nband(rows);
+      std::vector<int64_t> slin(rows), nbv;
+      std::vector<uint32_t> mask(static_cast<size_t>(nw + 1) * mw, 0u);
+      {
+        int32_t a = 0, b2 = 0, c = 0;
+        int64_t sl = 0;
+        for (int i = 0; i < rows; ++i) {
+          nsat[i] = a;
+          nlin[i] = b2;
+          slin[i] = sl;
+          nband[i] = c;
+          if (i < nnew) {
+            const int r = keys.pos(static_cast<int>(L1 + i));
+            const int64_t v = keys.v(r);
+            const int cl = sc::value_class(v, d.b, one);
+            if (cl == 1) a++;
+            if (cl == 2) {
+              b2++;
+              sl += v;
+            }
+            if (cl == 3) {
+              c++;
+              nbv.push_back(v);
+            }
+            for (int w = (r >> 5) + 1; w <= nw; ++w) mask[w * mw + (i >> 5)] |= 1u << (i & 31);
+          }
+        }
+      }
+      d.nsat = nsat.data();
+      d.nlin = nlin.data();
+      d.slin = slin.data();
+      d.nband = nband.data();
+      d.nbv = nbv.data();
+      int done = rows;
+      int64_t last_tn = 0, last_td = 1;
+      for (int i = 0; i < rows; ++i) {
+        const sc::RowSolve rs = sc::solve_row(d, i);
+        if (!rs.ok) {
+          done = i;
+          break;
+        }
+        const int64_t L = L1 + i;
+        sc::RowOut out;
+        sc::SweepState st;
+        st.tn = rs.tn;
+        st.td = rs.td;
+        out.tau = sc::state_tau(st, s.fx);
+        out.n_active = rs.n_active;
+        if (k > 0) {
+          const int r =
+              sc::theta_rank(keys, cntw.data(), mask.data(), mw, nw, static_cast<int>(L1), i, k);
+          out.theta_val = keys.fval(r);
+          out.theta_idx = keys.idx(r);
+          rth[L] = static_cast<uint16_t>(r);
+        } else {
+          out.theta_val = sc::bits_float(0x7f800000u);
+          out.theta_idx = -1;
+        }
+        put(L - p.lbase, out);
+        last_tn = rs.tn;
+        last_td = rs.td;
+      }
+      // Failures must be a suffix: the first failing row's successors fail too.
+      for (int i = done; i < rows; ++i) EXPECT_FALSE(sc::solve_row(d, i).ok) << "row " << i;
+      A = done == 0 ? d.b.B : sc::floor_div(last_tn, last_td);
+      for (int64_t j = L1; j < std::min<int64_t>(L1 + done, n); ++j) add_key(j);
+      L1 += done;
+    }
+    if (k > 0)
+      for (int j = 0; j < n; ++j)
+        o.d[j] = sc::d_from_thetas(rth.data(), p.llo, p.lhi, j, keys.pos(j), o.d[j]);
+  }
+  if (passes_out) *passes_out = passes;
+  const int64_t ntiles = (sq + tile_q - 1) / tile_q;
+  o.unions.resize(ntiles);
+  for (int64_t t = 0; t < ntiles; ++t) {
+    const int64_t la = p.row_L(t * tile_q), lb = p.row_L(std::min(sq, (t + 1) * tile_q) - 1);
+    for (int j = 0; j < n; ++j)
+      if (sc::in_union(o.d[j], j, la, lb)) o.unions[t].push_back(j);
+  }
+  return o;
+}
+
 std::string case_name(int n, int64_t sq, int64_t k, int64_t w, int chunks, int wdlog,
                       const std::string& dist) {
   return "n=" + std::to_string(n) + " sq=" + std::to_string(sq) + " k=" + std::to_string(k) +
@@ -335,11 +548,14 @@ std::string case_name(int n, int64_t sq, int64_t k, int64_t w, int chunks, int w
 
 // Compares the emulated kernel against the brute force. Returns the number of mismatches
 // (reported through gtest, capped).
+// With band > 0 the pass algorithm (band ranks, `chunks` rows per pass) replaces the sweep.
 int check_case(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window, int chunks,
-               int wdlog, int tile_q, const std::string& dist) {
+               int wdlog, int tile_q, const std::string& dist, int band = 0) {
   const int n = static_cast<int>(u.size());
-  const std::string name = case_name(n, sq, k, window, chunks, wdlog, dist);
-  EmuOut o = select_emulate(u, sq, k, window, chunks, wdlog, tile_q);
+  const std::string name = case_name(n, sq, k, window, chunks, wdlog, dist) +
+                           (band > 0 ? " passes band=" + std::to_string(band) : "");
+  EmuOut o = band > 0 ? select_emulate_passes(u, sq, k, window, band, chunks, tile_q)
+                      : select_emulate(u, sq, k, window, chunks, wdlog, tile_q);
   int bad = 0;
   auto fail = [&](const std::string& what) {
     if (bad++ < 5) ADD_FAILURE() << name << ": " << what;
@@ -783,6 +999,86 @@ TEST(SelectCoreBrute, EdgeShapes) {
       EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 1, 7, 128, dist_name(d)), 0);
     }
   }
+}
+
+// The pass algorithm on the same cases as the sweep: bands from 1 rank (many failing passes)
+// to 128, passes from 1 row to 256.
+TEST(SelectPassBrute, RandomSmallCases) {
+  std::mt19937_64 rng(3031 + stress());
+  int cases = 0;
+  for (int iter = 0; iter < 2500 * stress(); ++iter) {
+    const int n = static_cast<int>(pick(rng, {1, 2, 3, 5, 8, 17, 33, 64, 113, 150, 257}));
+    const Dist d = static_cast<Dist>(rng() % static_cast<int>(Dist::kCount));
+    std::vector<float> u = make_scores(n, d, rng);
+    const int64_t k =
+        pick(rng, {0, 1, 2, 7, 16, n - 1, n, n + 5, static_cast<int64_t>(rng() % (n + 1))});
+    const int64_t w = pick(rng, {0, 1, 3, 16, n, n + 3, static_cast<int64_t>(rng() % (n + 1))});
+    const int64_t sq = pick(rng, {1, n, 1 + static_cast<int64_t>(rng() % n)});
+    if (k < 0 || (k == 0 && w == 0)) continue;
+    const int rows = static_cast<int>(pick(rng, {1, 2, 7, 32, 33, 256}));
+    const int band = static_cast<int>(pick(rng, {1, 2, 5, 16, 128}));
+    const int tile_q = static_cast<int>(pick(rng, {1, 3, 16, 128}));
+    if (check_case(u, sq, k, w, rows, 5, tile_q, dist_name(d), band) > 0) return;
+    cases++;
+  }
+  EXPECT_GT(cases, 2000 * stress());
+}
+
+TEST(SelectPassBrute, Size1000AllRows) {
+  std::mt19937_64 rng(98);
+  for (Dist d : {Dist::kNormal, Dist::kUniform, Dist::kTies3, Dist::kTiesInt, Dist::kSlopeUp,
+                 Dist::kSlopeDown, Dist::kConst, Dist::kLarge, Dist::kNonFinite}) {
+    std::vector<float> u = make_scores(1000, d, rng);
+    EXPECT_EQ(check_case(u, 1000, 64, 100, 256, 5, 128, dist_name(d), 128), 0);
+    EXPECT_EQ(check_case(u, 1000, 7, 0, 256, 5, 64, dist_name(d), 32), 0);
+    EXPECT_EQ(check_case(u, 1000, 300, 3, 100, 5, 128, dist_name(d), 4), 0);
+  }
+}
+
+TEST(SelectPassBrute, Size4097) {
+  std::mt19937_64 rng(4098);
+  std::vector<float> u = make_scores(4097, Dist::kNormal, rng);
+  EXPECT_EQ(check_case(u, 4097, 256, 256, 256, 5, 128, "normal", 128), 0);
+  for (Dist d : {Dist::kTies3, Dist::kSlopeUp, Dist::kSlopeDown, Dist::kLarge, Dist::kNonFinite}) {
+    u = make_scores(4097, d, rng);
+    EXPECT_EQ(check_case(u, 300, 256, 256, 256, 5, 128, dist_name(d), 128), 0);
+    EXPECT_EQ(check_case(u, 129, 1, 0, 256, 5, 128, dist_name(d), 64), 0);
+    EXPECT_EQ(check_case(u, 77, 4000, 33, 256, 5, 16, dist_name(d), 128), 0);
+  }
+}
+
+TEST(SelectPassBrute, EdgeShapes) {
+  std::mt19937_64 rng(6);
+  struct C {
+    int n;
+    int64_t sq, k, w;
+  } cs[] = {{1, 1, 0, 1},       {1, 1, 1, 0},      {1, 1, 5, 3},       {2, 2, 1, 0},
+            {2, 2, 0, 1},       {113, 113, 0, 1},  {113, 113, 0, 7},   {113, 113, 200, 0},
+            {113, 113, 1, 500}, {113, 50, 112, 0}, {113, 113, 113, 0}, {64, 64, 63, 0},
+            {64, 64, 1, 63}};
+  for (const auto& c : cs) {
+    for (Dist d :
+         {Dist::kNormal, Dist::kConst, Dist::kTiesInt, Dist::kSignedZero, Dist::kNonFinite}) {
+      std::vector<float> u = make_scores(c.n, d, rng);
+      EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 256, 5, 3, dist_name(d), 128), 0);
+      EXPECT_EQ(check_case(u, c.sq, c.k, c.w, 1, 5, 128, dist_name(d), 1), 0);
+    }
+  }
+}
+
+// The kernel's shared-memory sizes rest on these bounds: at most 2 band + 2 entries, and (at
+// the bench's scores) few passes beyond the rows / R minimum.
+TEST(SelectPassBrute, PassCountAtBenchScores) {
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> u(4096);
+  for (int j = 0; j < 4096; ++j) u[j] = nd(rng) + static_cast<float>(j) / 4096.f;
+  int passes = 0;
+  EmuOut o = select_emulate_passes(u, 4096, 256, 256, 128, 256, 128, &passes);
+  const int rows = 4096 - 256 + 1 - 257;
+  EXPECT_GE(passes, (rows + 255) / 256);
+  EXPECT_LE(passes, 2 * ((rows + 255) / 256));
+  std::printf("bench scores: %d passes for %d rows (band 128, 256 rows per pass)\n", passes, rows);
 }
 
 // The monotonicity facts the algorithm rests on (SPEC section 1), checked on the brute force.
