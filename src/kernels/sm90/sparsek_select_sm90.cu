@@ -51,7 +51,6 @@
 #include <string>
 
 #include "bsk/kernels/sm90/sparsek_select_core.h"
-#include "bsk/kernels/sm90/sparsek_select_pass.h"
 #include "kernels/kernels.h"
 
 namespace bsk::kernels {
@@ -66,8 +65,6 @@ constexpr int kMaxLanes = 256;  // chunks per head at most on the shared-memory 
 constexpr int kGlobalLanes = 256;
 constexpr int kDefaultChunks = 64;      // the best of the measured grid below (Sk <= 4096)
 constexpr int kDefaultChunksBig = 128;  // Sk in (4096, 16384], capped by smem_chunk_cap
-constexpr int kPassMaxN = 4096;         // the pass algorithm up to here (256-thread CTAs)
-constexpr int kDefaultBand = 128;       // alive base keys per band of a pass
 
 #if defined(BSK_SELECT_PROFILE)
 // Development aid: per-CTA clock64 at phase boundaries (see the profiling driver in the notes).
@@ -116,9 +113,7 @@ struct KArgs {
   int tile_q = 1, n_tiles = 0;
   int64_t union_cap = 0;
   int wdlog = 5;
-  int nchunks = kLanes;   // sweeping lanes (chunks) per head; ceil(nchunks / 32) warps sweep
-  int band = 128;         // pass algorithm: alive base keys per band (sparsek_select_pass.h)
-  uint32_t off_pass = 0;  // pass algorithm: its area in shared memory
+  int nchunks = kLanes;  // sweeping lanes (chunks) per head; ceil(nchunks / 32) warps sweep
   // Shared-memory layout (bytes from the start of the dynamic buffer).
   uint32_t off_idx = 0, off_pos = 0, off_region = 0, off_ubuf = 0, off_sort = 0;
   int ubuf_in_smem = 0;
@@ -244,89 +239,6 @@ __device__ __noinline__ void scan_lines(CntT* cnt, int64_t* sum, int nlines, int
   }
 }
 
-// Step 5 for one head, from D_j (d): the per-tile unions with n_j and u_j. Warp w handles
-// tiles [t0, t1); tile t = the keys of tile t - 1 still selected somewhere in t, then the keys j
-// in [Lb(t-1), Lb(t)) selected somewhere in t.
-template <class IdxT>
-__device__ void build_unions(const KArgs& a, int bh, const DevKeys<IdxT>& keys,
-                             const sc::RowPlan& plan, const IdxT* d, int32_t* ubuf) {
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
-  (void)tid;
-  const int64_t cap = a.union_cap;
-  // Per union key j: n_j and u_j (0 where not finite), which the attention kernel's mask and
-  // gate read. Key j is selected exactly for L in [j + 1, D_j], and L(i) grows with the row, so
-  // the tile's rows with L <= D_j are a prefix 0 .. n_j - 1 of its rows; among the rows where j
-  // is a candidate (L >= j + 1, which the attention kernel tests itself) they are the rows that
-  // select j. Needs tile_q == kRowsPerTile.
-  constexpr int kRowsPerTile = 128;
-  const bool want_rows = a.union_rows != nullptr && a.tile_q == kRowsPerTile;
-  const float* ub = a.scores + static_cast<int64_t>(bh / a.hkv) * a.s_b +
-                    static_cast<int64_t>(bh % a.hkv) * a.s_h;
-  const int t0 = static_cast<int>(static_cast<int64_t>(warp) * a.n_tiles / nwarps);
-  const int t1 = static_cast<int>(static_cast<int64_t>(warp + 1) * a.n_tiles / nwarps);
-  int32_t* buf = ubuf != nullptr ? ubuf + static_cast<int64_t>(warp) * cap : nullptr;
-  int cnt = 0;
-  int64_t prev_lb = 0;
-  for (int t = t0; t < t1; ++t) {
-    const int64_t la = plan.row_L(static_cast<int64_t>(t) * a.tile_q);
-    const int64_t lb = plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
-    const int64_t tile_at = (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
-    int32_t* out = a.union_idx + tile_at;
-    // n_j = the tile's rows with L(i) <= D_j: sc::union_rows, written out here (calling it
-    // changes ptxas' allocation for the whole kernel, and that build has not been measured).
-    const int64_t row_off = plan.lbase + static_cast<int64_t>(t) * a.tile_q;
-    int newcnt = 0, oldcnt = 0;  // oldcnt: emitted keys j < la (candidates of the first row)
-    auto emit = [&](bool pred, int j, int64_t dj) {
-      const unsigned m = __ballot_sync(0xffffffffu, pred);
-      oldcnt += __popc(__ballot_sync(0xffffffffu, pred && j < la));
-      const int at = newcnt + __popc(m & ((1u << lane) - 1u));
-      if (pred && at < cap) {
-        out[at] = j;
-        if (buf) buf[at] = j;
-        if (want_rows) {
-          // Shared-memory path: the sorted keys' exact value (no global load) for keys below
-          // the first non-finite score; the scores themselves otherwise.
-          float uj;
-          if constexpr (sizeof(IdxT) == 2)
-            uj = j < plan.fnf ? keys.fval(keys.pos(j)) : ub[static_cast<int64_t>(j) * a.s_s];
-          else
-            uj = ub[static_cast<int64_t>(j) * a.s_s];
-          const int64_t nr = dj - row_off + 1;
-          a.union_rows[tile_at + at] =
-              static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));
-          a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
-        }
-      }
-      newcnt += __popc(m);
-    };
-    int64_t jstart = 0;
-    if (t > t0) {
-      const int32_t* prev = buf ? buf : out - cap;
-      for (int base = 0; base < cnt; base += 32) {
-        const int i = base + lane;
-        int j = -1;
-        if (i < cnt) j = buf ? prev[i] : __ldcg(prev + i);
-        const int64_t dj = i < cnt ? static_cast<int64_t>(d[j]) : 0;
-        __syncwarp();  // the filtered copy writes where other lanes of the warp just read
-        emit(i < cnt && sc::in_union(dj, j, la, lb), j, dj);
-      }
-      jstart = prev_lb;
-    }
-    for (int64_t base = jstart; base < lb; base += 32) {
-      const int j = static_cast<int>(base) + lane;
-      const int64_t dj = static_cast<int64_t>(d[j < lb ? j : 0]);
-      emit(j < lb && sc::in_union(dj, j, la, lb), j, dj);
-    }
-    if (lane == 0) {
-      a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
-      if (a.union_old) a.union_old[static_cast<int64_t>(bh) * a.n_tiles + t] = oldcnt;
-    }
-    cnt = newcnt < cap ? newcnt : static_cast<int>(cap);
-    prev_lb = lb;
-    __syncwarp();
-  }
-}
-
 // Steps 2-5 for one head, given its sorted keys. tcnt/tsum (the table), d (D_j) and ubuf (union
 // buffers, nullable) may alias each other: they are used in separate phases.
 template <class IdxT, class CntT>
@@ -448,441 +360,83 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   SEL_PROF(4);
   if (!want_union) return;
 
-  build_unions(a, bh, keys, plan, d, ubuf);
+  // --- 5. Unions. Warp w handles tiles [t0, t1); tile t = the keys of tile t - 1 still selected
+  //        somewhere in t, then the keys j in [Lb(t-1), Lb(t)) selected somewhere in t.
+  const int64_t cap = a.union_cap;
+  // Per union key j: n_j and u_j (0 where not finite), which the attention kernel's mask and
+  // gate read. Key j is selected exactly for L in [j + 1, D_j], and L(i) grows with the row, so
+  // the tile's rows with L <= D_j are a prefix 0 .. n_j - 1 of its rows; among the rows where j
+  // is a candidate (L >= j + 1, which the attention kernel tests itself) they are the rows that
+  // select j. Needs tile_q == kRowsPerTile.
+  constexpr int kRowsPerTile = 128;
+  const bool want_rows = a.union_rows != nullptr && a.tile_q == kRowsPerTile;
+  const float* ub = a.scores + static_cast<int64_t>(bh / a.hkv) * a.s_b +
+                    static_cast<int64_t>(bh % a.hkv) * a.s_h;
+  const int t0 = static_cast<int>(static_cast<int64_t>(warp) * a.n_tiles / nwarps);
+  const int t1 = static_cast<int>(static_cast<int64_t>(warp + 1) * a.n_tiles / nwarps);
+  int32_t* buf = ubuf != nullptr ? ubuf + static_cast<int64_t>(warp) * cap : nullptr;
+  int cnt = 0;
+  int64_t prev_lb = 0;
+  for (int t = t0; t < t1; ++t) {
+    const int64_t la = plan.row_L(static_cast<int64_t>(t) * a.tile_q);
+    const int64_t lb = plan.row_L(min64(a.sq, static_cast<int64_t>(t + 1) * a.tile_q) - 1);
+    const int64_t tile_at = (static_cast<int64_t>(bh) * a.n_tiles + t) * cap;
+    int32_t* out = a.union_idx + tile_at;
+    // n_j = the tile's rows with L(i) <= D_j: sc::union_rows, written out here (calling it
+    // changes ptxas' allocation for the whole kernel, and that build has not been measured).
+    const int64_t row_off = plan.lbase + static_cast<int64_t>(t) * a.tile_q;
+    int newcnt = 0, oldcnt = 0;  // oldcnt: emitted keys j < la (candidates of the first row)
+    auto emit = [&](bool pred, int j, int64_t dj) {
+      const unsigned m = __ballot_sync(0xffffffffu, pred);
+      oldcnt += __popc(__ballot_sync(0xffffffffu, pred && j < la));
+      const int at = newcnt + __popc(m & ((1u << lane) - 1u));
+      if (pred && at < cap) {
+        out[at] = j;
+        if (buf) buf[at] = j;
+        if (want_rows) {
+          // Shared-memory path: the sorted keys' exact value (no global load) for keys below
+          // the first non-finite score; the scores themselves otherwise.
+          float uj;
+          if constexpr (sizeof(IdxT) == 2)
+            uj = j < plan.fnf ? keys.fval(keys.pos(j)) : ub[static_cast<int64_t>(j) * a.s_s];
+          else
+            uj = ub[static_cast<int64_t>(j) * a.s_s];
+          const int64_t nr = dj - row_off + 1;
+          a.union_rows[tile_at + at] =
+              static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));
+          a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
+        }
+      }
+      newcnt += __popc(m);
+    };
+    int64_t jstart = 0;
+    if (t > t0) {
+      const int32_t* prev = buf ? buf : out - cap;
+      for (int base = 0; base < cnt; base += 32) {
+        const int i = base + lane;
+        int j = -1;
+        if (i < cnt) j = buf ? prev[i] : __ldcg(prev + i);
+        const int64_t dj = i < cnt ? static_cast<int64_t>(d[j]) : 0;
+        __syncwarp();  // the filtered copy writes where other lanes of the warp just read
+        emit(i < cnt && sc::in_union(dj, j, la, lb), j, dj);
+      }
+      jstart = prev_lb;
+    }
+    for (int64_t base = jstart; base < lb; base += 32) {
+      const int j = static_cast<int>(base) + lane;
+      const int64_t dj = static_cast<int64_t>(d[j < lb ? j : 0]);
+      emit(j < lb && sc::in_union(dj, j, la, lb), j, dj);
+    }
+    if (lane == 0) {
+      a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
+      if (a.union_old) a.union_old[static_cast<int64_t>(bh) * a.n_tiles + t] = oldcnt;
+    }
+    cnt = newcnt < cap ? newcnt : static_cast<int>(cap);
+    prev_lb = lb;
+    __syncwarp();
+  }
   __syncthreads();
   SEL_PROF(5);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The pass algorithm (sparsek_select_pass.h) on the shared-memory path: one row per thread,
-// passes of kThreads rows. Its arrays live in the pass area (pass_layout), which the union
-// buffers reuse afterwards.
-// ---------------------------------------------------------------------------------------------
-struct PassLayout {
-  uint32_t wcnt, wsum, cntw, sumw, ev, ec, pc, ps, pt, pf, nsat, nlin, slin, nband, nbv, ncls, nval,
-      pcount, mask, rth, bytes;
-};
-
-constexpr int kPassPieces = 8;  // band pieces scanned independently (one per warp)
-
-__host__ __device__ inline PassLayout pass_layout(int n, int band, int rows) {
-  PassLayout l{};
-  uint32_t at = 0;
-  auto take = [&](uint32_t b) {
-    const uint32_t o = at;
-    at = (at + b + 15u) & ~15u;
-    return o;
-  };
-  const uint32_t w1 = static_cast<uint32_t>((n + 31) / 32 + 1);
-  const uint32_t emax = static_cast<uint32_t>(sc::max_entries(band, kPassPieces));
-  const uint32_t pmax = 2 * emax + 2, r = static_cast<uint32_t>(rows);
-  const uint32_t mw = (r + 31) / 32;
-  l.wcnt = take(4 * w1);
-  l.wsum = take(8 * w1);
-  l.cntw = take(4 * w1);
-  l.sumw = take(8 * w1);
-  l.ev = take(8 * emax);
-  l.ec = take(4 * emax);
-  l.pc = take(4 * (emax + 1));
-  l.ps = take(8 * (emax + 1));
-  l.pt = take(8 * pmax);
-  l.pf = take(8 * pmax);
-  l.nsat = take(4 * r);
-  l.nlin = take(4 * r);
-  l.slin = take(8 * r);
-  l.nband = take(4 * r);
-  l.nbv = take(8 * r);
-  l.ncls = take(4 * r);
-  l.nval = take(8 * r);
-  l.pcount = take(4 * kPassPieces);
-  l.mask = take(4 * mw * w1);
-  l.rth = take(2 * static_cast<uint32_t>(n + 1));
-  l.bytes = at;
-  return l;
-}
-
-struct PassShared {
-  int64_t A, L1;
-  sc::PassBounds b;
-  int64_t sat, lin_cnt, lin_sum;
-  sc::PointRanges pr;
-  int ne, np, fail;
-};
-
-// Exclusive warp scan of (count, sum) pairs: returns the lane's prefix, total in tot_*.
-__device__ __forceinline__ void warp_excl_scan(int c, int64_t sm, int lane, int& pc, int64_t& psm,
-                                               int& tot_c, int64_t& tot_s) {
-  int ic = c;
-  int64_t is = sm;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int tc = __shfl_up_sync(0xffffffffu, ic, off);
-    const int64_t ts = __shfl_up_sync(0xffffffffu, is, off);
-    if (lane >= off) {
-      ic += tc;
-      is += ts;
-    }
-  }
-  pc = ic - c;
-  psm = is - sm;
-  tot_c = __shfl_sync(0xffffffffu, ic, 31);
-  tot_s = __shfl_sync(0xffffffffu, is, 31);
-}
-
-template <int kThreads>
-__device__ void select_head_pass(const KArgs& a, int bh, const DevKeys<uint16_t>& keys, int fnf,
-                                 uint16_t* d, int32_t* ubuf, unsigned char* area) {
-  constexpr int R = kThreads, MW = R / 32, kWarps = kThreads / 32;
-  static_assert(kWarps == kPassPieces, "one band piece per warp");
-  // (Raw storage: a __shared__ object may not have a constructor.)
-  __shared__ alignas(16) unsigned char sh_raw[sizeof(PassShared)];
-  PassShared& sh = *reinterpret_cast<PassShared*>(sh_raw);
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int n = a.n;
-  const int64_t k = a.k;
-  const sc::RowPlan plan = sc::make_plan(n, a.sq, k, a.window, fnf);
-  const sc::Fixed& fx = keys.fx;
-  const int64_t one = fx.one;
-  const int nw = (n + 31) >> 5;
-  const int band = a.band;
-  const PassLayout pl = pass_layout(n, band, R);
-  auto at = [&](uint32_t off) { return area + off; };
-  int32_t* wcnt = reinterpret_cast<int32_t*>(at(pl.wcnt));
-  int64_t* wsum = reinterpret_cast<int64_t*>(at(pl.wsum));
-  int32_t* cntw = reinterpret_cast<int32_t*>(at(pl.cntw));
-  int64_t* sumw = reinterpret_cast<int64_t*>(at(pl.sumw));
-  int64_t* ev = reinterpret_cast<int64_t*>(at(pl.ev));
-  int32_t* ec = reinterpret_cast<int32_t*>(at(pl.ec));
-  int32_t* pc = reinterpret_cast<int32_t*>(at(pl.pc));
-  int64_t* ps = reinterpret_cast<int64_t*>(at(pl.ps));
-  int64_t* pt = reinterpret_cast<int64_t*>(at(pl.pt));
-  int64_t* pf = reinterpret_cast<int64_t*>(at(pl.pf));
-  int32_t* nsat = reinterpret_cast<int32_t*>(at(pl.nsat));
-  int32_t* nlin = reinterpret_cast<int32_t*>(at(pl.nlin));
-  int64_t* slin = reinterpret_cast<int64_t*>(at(pl.slin));
-  int32_t* nband = reinterpret_cast<int32_t*>(at(pl.nband));
-  int64_t* nbv = reinterpret_cast<int64_t*>(at(pl.nbv));
-  int32_t* ncls = reinterpret_cast<int32_t*>(at(pl.ncls));
-  int64_t* nval = reinterpret_cast<int64_t*>(at(pl.nval));
-  int32_t* pcount = reinterpret_cast<int32_t*>(at(pl.pcount));
-  uint32_t* mask = reinterpret_cast<uint32_t*>(at(pl.mask));
-  uint16_t* rth = reinterpret_cast<uint16_t*>(at(pl.rth));
-  const bool want_union = a.union_idx != nullptr;
-  const int emax = sc::max_entries(band, kPassPieces);
-
-  SEL_PROF(1);
-  // Rows that need no computation.
-  for (int64_t i = tid; i < a.sq; i += kThreads) {
-    const int kind = sc::row_kind(plan, plan.row_L(i));
-    if (kind == 0) write_row(a, bh, i, sc::trivial_row());
-    if (kind == 1) write_row(a, bh, i, sc::nan_row());
-  }
-  // Per-word alive counts and fixed sums (integer atomics: exact) of the first pass's base.
-  // Exclusive prefixes over the words, by warp 0 (a lane per run of consecutive words).
-  auto scan_words = [&]() {
-    if (warp != 0) return;
-    const int per = (nw + 1 + 31) / 32;
-    const int q0 = min(lane * per, nw + 1), q1 = min(q0 + per, nw + 1);
-    int c = 0;
-    int64_t sm = 0;
-    for (int q = q0; q < q1; ++q) {
-      c += wcnt[q];
-      sm += wsum[q];
-    }
-    int pcn, tc;
-    int64_t psm, ts;
-    warp_excl_scan(c, sm, lane, pcn, psm, tc, ts);
-    for (int q = q0; q < q1; ++q) {
-      cntw[q] = pcn;
-      sumw[q] = psm;
-      pcn += wcnt[q];
-      psm += wsum[q];
-    }
-  };
-  const bool computed = plan.computed_rows() > 0;
-  if (computed) {
-    for (int w = tid; w <= nw; w += kThreads) {
-      wcnt[w] = 0;
-      wsum[w] = 0;
-    }
-    __syncthreads();
-    for (int64_t j = tid; j < plan.llo; j += kThreads) {
-      const int r = keys.pos(static_cast<int>(j));
-      atomicAdd(&wcnt[r >> 5], 1);
-      atomicAdd(reinterpret_cast<unsigned long long*>(&wsum[r >> 5]),
-                static_cast<unsigned long long>(keys.v(r)));
-    }
-    __syncthreads();
-    scan_words();
-    __syncthreads();
-    if (tid == 0) {
-      sh.L1 = plan.llo;
-      sh.A = sc::initial_lower_bound(keys, cntw, nw, static_cast<int>(plan.llo), k, one);
-    }
-    __syncthreads();
-  }
-  SEL_PROF(2);
-  while (computed && sh.L1 <= plan.lhi) {
-    const int L1 = static_cast<int>(sh.L1);
-    const int rows = static_cast<int>(min64(R, plan.lhi - L1 + 1));
-    const int nnew = rows - 1;
-    // --- A: word prefixes (warp 0); clear the masks and entry counts (the others).
-    scan_words();
-    if (warp != 0) {
-      for (int e = tid - 32; e < (nw + 1) * MW; e += kThreads - 32) mask[e] = 0u;
-      for (int e = tid - 32; e < emax; e += kThreads - 32) ec[e] = 0;
-      if (tid == 32) sh.fail = R;
-    }
-    __syncthreads();
-    // --- B: the interval and the base's saturated and linear parts (thread 0); the new keys'
-    //        bits: key l sets bit l in the masks of the words after its rank's word.
-    if (tid == 0) {
-      const sc::PassBounds b = sc::pass_bounds(keys, sh.A, band, one, cntw, nw, L1);
-      int64_t c0, s0, c1, s1;
-      sc::base_prefix(keys, cntw, sumw, L1, b.r_sat, c0, s0);
-      sh.sat = c0;
-      sc::base_prefix(keys, cntw, sumw, L1, b.r_u, c0, s0);
-      sc::base_prefix(keys, cntw, sumw, L1, b.r_l, c1, s1);
-      sh.lin_cnt = c1 - c0;
-      sh.lin_sum = s1 - s0;
-      sh.b = b;
-    }
-    int my_r = 0;
-    if (tid < nnew) {
-      my_r = keys.pos(L1 + tid);
-      const int w = (my_r >> 5) + 1;
-      if (w <= nw) atomicOr(&mask[w * MW + (tid >> 5)], 1u << (tid & 31));
-    }
-    __syncthreads();
-    const sc::PassBounds b = sh.b;
-    // --- C: band pieces, first scan (entry counts per piece: runs of equal alive values, a
-    //        new run at the piece's first alive key); the masks' prefix OR over the words (warp
-    //        w: column w); the new keys' classes.
-    const int total = sc::band_ranks(b), piece = sc::band_piece(total, kPassPieces);
-    const int q_lo = warp * piece, q_hi = min(total, q_lo + piece);
-    auto scan_piece = [&](bool write, int base) {
-      bool have = false;
-      int64_t prev = 0;
-      int cnt = 0;
-      for (int q0 = q_lo; q0 < q_hi; q0 += 32) {
-        const int q = q0 + lane;
-        const int r = q < q_hi ? sc::band_rank_at(b, q) : 0;
-        const bool alive = q < q_hi && keys.idx(r) < L1;
-        const int64_t v = alive ? keys.v(r) : 0;
-        const unsigned am = __ballot_sync(0xffffffffu, alive);
-        const unsigned lower = am & ((1u << lane) - 1u);
-        const int src = lower ? 31 - __clz(lower) : 0;
-        const int64_t pv = __shfl_sync(0xffffffffu, v, src);
-        const bool head = alive && (lower ? pv != v : (!have || prev != v));
-        const unsigned hm = __ballot_sync(0xffffffffu, head);
-        if (write && alive) {
-          const int e = base + cnt + __popc(hm & ((2u << lane) - 1u)) - 1;
-          if (e >= emax) __trap();  // cannot happen (sc::max_entries); never write past
-          if (head) ev[e] = v;
-          atomicAdd(&ec[e], 1);
-        }
-        cnt += __popc(hm);
-        if (am) {
-          prev = __shfl_sync(0xffffffffu, v, 31 - __clz(am));
-          have = true;
-        }
-      }
-      return cnt;
-    };
-    {
-      const int cnt = scan_piece(false, 0);
-      if (lane == 0) pcount[warp] = cnt;
-    }
-    if (warp < MW) {
-      const int per = (nw + 1 + 31) / 32;
-      const int q0 = min(lane * per, nw + 1), q1 = min(q0 + per, nw + 1);
-      uint32_t acc = 0;
-      for (int q = q0; q < q1; ++q) acc |= mask[q * MW + warp];
-      uint32_t inc = acc;
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const uint32_t t = __shfl_up_sync(0xffffffffu, inc, off);
-        if (lane >= off) inc |= t;
-      }
-      uint32_t run = __shfl_up_sync(0xffffffffu, inc, 1);  // OR of the words before the lane's
-      if (lane == 0) run = 0;
-      for (int q = q0; q < q1; ++q) {
-        run |= mask[q * MW + warp];
-        mask[q * MW + warp] = run;
-      }
-    }
-    if (tid < nnew) {
-      const int64_t v = keys.v(my_r);
-      ncls[tid] = sc::value_class(v, b, one);
-      nval[tid] = v;
-    }
-    __syncthreads();
-    // --- D: band pieces, second scan (entries at the pieces' offsets); the new keys' prefixes
-    //        (warp 7: eight consecutive keys per lane).
-    {
-      int base = 0;
-      for (int w = 0; w < warp; ++w) base += pcount[w];
-      scan_piece(true, base);
-    }
-    if (warp == kWarps - 1) {
-      const int per = (R + 31) / 32;
-      const int i0 = lane * per, i1 = min(i0 + per, rows);
-      int cs = 0, cl = 0, cb = 0;
-      int64_t sl = 0;
-      for (int i = i0; i < i1; ++i) {
-        if (i >= nnew) break;
-        const int c = ncls[i];
-        cs += c == 1;
-        cl += c == 2;
-        cb += c == 3;
-        if (c == 2) sl += nval[i];
-      }
-      int ps_, ts_;
-      int64_t pl_, tl_;
-      warp_excl_scan(cs, sl, lane, ps_, pl_, ts_, tl_);
-      int pl2, tl2, pb, tb;
-      int64_t dummy, dummy2;
-      warp_excl_scan(cl, 0, lane, pl2, dummy, tl2, dummy2);
-      warp_excl_scan(cb, 0, lane, pb, dummy, tb, dummy2);
-      for (int i = i0; i < i1; ++i) {
-        nsat[i] = ps_;
-        nlin[i] = pl2;
-        slin[i] = pl_;
-        nband[i] = pb;
-        if (i < nnew) {
-          const int c = ncls[i];
-          ps_ += c == 1;
-          if (c == 2) {
-            pl2++;
-            pl_ += nval[i];
-          }
-          if (c == 3) nbv[pb++] = nval[i];
-        }
-      }
-    }
-    __syncthreads();
-    // --- E: entry prefixes (warp 0) and the point ranges (thread 32).
-    int ne = 0;
-    for (int w = 0; w < kWarps; ++w) ne += pcount[w];
-    sc::PassData pd;
-    pd.b = b;
-    pd.one = one;
-    pd.k = k;
-    pd.sat = sh.sat;
-    pd.lin_cnt = sh.lin_cnt;
-    pd.lin_sum = sh.lin_sum;
-    pd.ne = ne;
-    pd.ev = ev;
-    pd.pc = pc;
-    pd.ps = ps;
-    if (warp == 0) {
-      const int per = (ne + 31) / 32;
-      const int e0 = min(lane * per, ne), e1 = min(e0 + per, ne);
-      int c = 0;
-      int64_t sm = 0;
-      for (int e = e0; e < e1; ++e) {
-        c += ec[e];
-        sm += ec[e] * ev[e];
-      }
-      int pcn, tc;
-      int64_t psm, ts;
-      warp_excl_scan(c, sm, lane, pcn, psm, tc, ts);
-      for (int e = e0; e < e1; ++e) {
-        pc[e] = pcn;
-        ps[e] = psm;
-        pcn += ec[e];
-        psm += ec[e] * ev[e];
-      }
-      if (lane == 31) {
-        pc[ne] = tc;
-        ps[ne] = ts;
-      }
-    }
-    if (tid == 32) {
-      sh.pr = sc::point_ranges(pd);
-      sh.np = 2 + (sh.pr.x1 - sh.pr.x0) + (sh.pr.y1 - sh.pr.y0);
-    }
-    __syncthreads();
-    // --- F: the points and f_base there.
-    const sc::PointRanges pr = sh.pr;
-    pd.np = sh.np;
-    for (int e = tid; e < ne; e += kThreads) {
-      if (e >= pr.x0 && e < pr.x1) {
-        const int m = sc::point_pos_x(pd, pr, e);
-        pt[m] = ev[e];
-        pf[m] = sc::f_base(pd, ev[e]);
-      }
-      if (e >= pr.y0 && e < pr.y1) {
-        const int m = sc::point_pos_y(pd, pr, e);
-        pt[m] = ev[e] - one;
-        pf[m] = sc::f_base(pd, ev[e] - one);
-      }
-    }
-    if (tid == kThreads - 1) {
-      pt[0] = b.A;
-      pf[0] = sc::f_base(pd, b.A);
-      pt[pd.np - 1] = b.B;
-      pf[pd.np - 1] = sc::f_base(pd, b.B);
-    }
-    __syncthreads();
-    // --- G: the rows.
-    pd.pt = pt;
-    pd.pf = pf;
-    pd.nsat = nsat;
-    pd.nlin = nlin;
-    pd.slin = slin;
-    pd.nband = nband;
-    pd.nbv = nbv;
-    sc::RowSolve rs;
-    if (tid < rows) {
-      rs = sc::solve_row(pd, tid);
-      if (rs.ok) {
-        const int L = L1 + tid;
-        sc::RowOut o;
-        sc::SweepState st;
-        st.tn = rs.tn;
-        st.td = rs.td;
-        o.tau = sc::state_tau(st, fx);
-        o.n_active = rs.n_active;
-        if (k > 0) {
-          const int r = sc::theta_rank(keys, cntw, mask, MW, nw, L1, tid, k);
-          o.theta_val = keys.fval(r);
-          o.theta_idx = keys.idx(r);
-          rth[L] = static_cast<uint16_t>(r);
-        } else {
-          o.theta_val = sc::bits_float(0x7f800000u);
-          o.theta_idx = -1;
-        }
-        write_row(a, bh, L - plan.lbase, o);
-      } else {
-        atomicMin(&sh.fail, tid);
-      }
-    }
-    __syncthreads();
-    // --- H: the next pass: its lower bound, its base (the rows done join it).
-    const int done = min(sh.fail, rows);
-    if (done > 0 && tid == done - 1) sh.A = sc::floor_div(rs.tn, rs.td);
-    if (done == 0 && tid == 0) sh.A = b.B;
-    if (tid < done && L1 + tid < n) {
-      const int r = keys.pos(L1 + tid);
-      atomicAdd(&wcnt[r >> 5], 1);
-      atomicAdd(reinterpret_cast<unsigned long long*>(&wsum[r >> 5]),
-                static_cast<unsigned long long>(keys.v(r)));
-    }
-    if (tid == 0) sh.L1 = L1 + done;
-    __syncthreads();
-  }
-  SEL_PROF(3);
-  // D_j from the rows' theta ranks (never increasing with L), then the unions.
-  if (!want_union) return;
-  for (int j = tid; j < n; j += kThreads) {
-    int64_t dj = sc::initial_d(plan, j);
-    if (computed && k > 0) dj = sc::d_from_thetas(rth, plan.llo, plan.lhi, j, keys.pos(j), dj);
-    d[j] = static_cast<uint16_t>(dj);
-  }
-  __syncthreads();
-  SEL_PROF(4);
-  build_unions(a, bh, keys, plan, d, ubuf);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -898,7 +452,7 @@ constexpr std::size_t smem_static_bytes(int c) {
   return 8 * static_cast<std::size_t>(c + 1) + 4 * static_cast<std::size_t>(c) + 16;
 }
 
-template <int kThreads, int kItems, int kMinBlocks, bool kPass>
+template <int kThreads, int kItems, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const KArgs a) {
   using Sort = cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -968,19 +522,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const
   __syncthreads();
 
   DevKeys<uint16_t> keys{n, val64, nullptr, ix, ps, fx, u, a.s_s};
-  if constexpr (kPass) {
-    uint16_t* d = reinterpret_cast<uint16_t*>(region);
-    int32_t* ubuf = a.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + a.off_ubuf) : nullptr;
-    select_head_pass<kThreads>(a, bh, keys, s_fnf, d, ubuf, smem + a.off_pass);
-  } else {
-    const int tw = ((n + (1 << a.wdlog) - 1) >> a.wdlog) - 1;
-    uint16_t* tcnt = reinterpret_cast<uint16_t*>(region);
-    int64_t* tsum =
-        reinterpret_cast<int64_t*>(region + align_up(sizeof(uint16_t) * a.nchunks * tw, 16));
-    uint16_t* d = reinterpret_cast<uint16_t*>(region);
-    int32_t* ubuf = a.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + a.off_ubuf) : nullptr;
-    select_head(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound, s_thend);
-  }
+  const int tw = ((n + (1 << a.wdlog) - 1) >> a.wdlog) - 1;
+  uint16_t* tcnt = reinterpret_cast<uint16_t*>(region);
+  int64_t* tsum =
+      reinterpret_cast<int64_t*>(region + align_up(sizeof(uint16_t) * a.nchunks * tw, 16));
+  uint16_t* d = reinterpret_cast<uint16_t*>(region);
+  int32_t* ubuf = a.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + a.off_ubuf) : nullptr;
+  select_head(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound, s_thend);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1054,9 +602,7 @@ struct SmemPlan {
   int threads = 0, items = 0;
   int wdlog = 5;
   int nchunks = kLanes;
-  bool pass = false;  // the pass algorithm (Sk <= kPassMaxN) instead of the sweep
-  int band = 128;
-  uint32_t off_idx = 0, off_pos = 0, off_region = 0, off_ubuf = 0, off_sort = 0, off_pass = 0;
+  uint32_t off_idx = 0, off_pos = 0, off_region = 0, off_ubuf = 0, off_sort = 0;
   std::size_t bytes = 0;
   bool ubuf_in_smem = false;
 };
@@ -1117,25 +663,6 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   const bool sort_low = align_up(np * 4, 128) + sort_b <= sp.off_region;
   sp.off_sort = sort_low ? static_cast<uint32_t>(align_up(np * 4, 128)) : sp.off_region;
   const std::size_t d_b = align_up(np * 2, 16);
-  // The pass algorithm for Sk <= kPassMaxN with BSK_SELECT_PASS=1 (measured 2.4x slower than the
-  // sweep at the seed shape: off by default): D, then the pass area, which the union buffers
-  // reuse.
-  static const int env_pass = env_int("BSK_SELECT_PASS", 0);
-  static const int env_band = env_int("BSK_SELECT_BAND", kDefaultBand);
-  if (env_pass != 0 && n <= kPassMaxN) {
-    sp.pass = true;
-    sp.band = std::min(std::max(env_band, 1), 1024);
-    sp.off_pass = static_cast<uint32_t>(sp.off_region + d_b);
-    const std::size_t pass_b = pass_layout(static_cast<int>(n), sp.band, sp.threads).bytes;
-    const std::size_t ub = static_cast<std::size_t>(sp.threads / 32) *
-                           static_cast<std::size_t>(std::max<int64_t>(p.union_cap, 0)) * 4;
-    sp.off_ubuf = sp.off_pass;
-    sp.ubuf_in_smem = p.union_idx != nullptr;
-    sp.bytes = sp.off_region + std::max(sort_low ? std::size_t{0} : sort_b,
-                                        d_b + std::max(pass_b, sp.ubuf_in_smem ? ub : 0));
-    const std::size_t stat_pass = smem_static_bytes(cap) + 256;  // + PassShared
-    return sp.bytes <= kSmemPerBlockMax - stat_pass;
-  }
   static const int env_chunks = env_int("BSK_SELECT_CHUNKS", kDefaultChunks);
   static const int env_chunks_big = env_int("BSK_SELECT_CHUNKS_BIG", kDefaultChunksBig);
   static const int env_wdlog = env_int("BSK_SELECT_WDLOG", 5);
@@ -1200,9 +727,9 @@ KArgs base_args(const SelectParams& p) {
   return a;
 }
 
-template <int kThreads, int kItems, int kMinBlocks, bool kPass = false>
+template <int kThreads, int kItems, int kMinBlocks>
 void launch_smem(const KArgs& a, const SmemPlan& sp, int64_t heads, cudaStream_t stream) {
-  auto kern = select_smem_kernel<kThreads, kItems, kMinBlocks, kPass>;
+  auto kern = select_smem_kernel<kThreads, kItems, kMinBlocks>;
   check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(sp.bytes)),
         "cudaFuncSetAttribute(max dynamic shared memory)");
@@ -1291,18 +818,6 @@ void sparsek_select(const SelectParams& p) {
     a.off_ubuf = sp.off_ubuf;
     a.off_sort = sp.off_sort;
     a.ubuf_in_smem = sp.ubuf_in_smem ? 1 : 0;
-    a.band = sp.band;
-    a.off_pass = sp.off_pass;
-    if (sp.pass) {
-      if (sp.items == 4) {
-        launch_smem<256, 4, 2, true>(a, sp, heads, stream);
-      } else if (sp.items == 8) {
-        launch_smem<256, 8, 2, true>(a, sp, heads, stream);
-      } else {
-        launch_smem<256, 16, 2, true>(a, sp, heads, stream);
-      }
-      return;
-    }
     if (sp.items == 4) {
       launch_smem<256, 4, 3>(a, sp, heads, stream);
     } else if (sp.items == 8) {
