@@ -54,6 +54,11 @@ struct SparseKSelectArgs {
   int64_t k_select = 0;
   int64_t window = 0;
   TensorView tau, theta_val, theta_idx, n_active;
+  // Optional device scratch of at least sparsek_select_workspace_size() bytes (non-zero only for
+  // long sequences, which sort in global memory). When null and needed, the call allocates it
+  // stream-ordered (cudaMallocAsync) and frees it after the launches.
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
   void* stream = nullptr;
 };
 
@@ -82,6 +87,7 @@ struct SparseKBwdArgs {
 
 void attention_fwd(const AttentionFwdArgs& args);
 void attention_bwd(const AttentionBwdArgs& args);
+std::size_t sparsek_select_workspace_size(const SparseKSelectArgs& args);  // outputs not needed
 void sparsek_select(const SparseKSelectArgs& args);
 std::size_t sparsek_attention_fwd_workspace_size(const SparseKFwdArgs& args);
 void sparsek_attention_fwd(const SparseKFwdArgs& args);

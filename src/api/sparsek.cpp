@@ -104,22 +104,46 @@ FwdWorkspace plan_workspace(const kernels::SelectParams& sp, int64_t head_dim) {
 
 }  // namespace
 
-void sparsek_select(const SparseKSelectArgs& a) {
-  Checker c("sparsek_select");
+namespace {
+struct SelectDims {
+  int64_t B = 0, Sk = 0, Hkv = 0;
+};
+// The inputs sparsek_select and its workspace query share.
+SelectDims check_select_inputs(const Checker& c, const SparseKSelectArgs& a) {
   c.defined("scores", a.scores);
   c.ndim("scores", a.scores, 3);
-  int64_t B = a.scores.sizes[0], Sk = a.scores.sizes[1], Hkv = a.scores.sizes[2];
-  check_scores(c, a.scores, a.scores, B, Sk, Hkv);
-  if (a.seqlen_q < 0 || a.seqlen_q > Sk)
+  SelectDims d{a.scores.sizes[0], a.scores.sizes[1], a.scores.sizes[2]};
+  check_scores(c, a.scores, a.scores, d.B, d.Sk, d.Hkv);
+  if (a.seqlen_q < 0 || a.seqlen_q > d.Sk)
     c.fail("seqlen_q",
-           "must be in [0, Sk=" + std::to_string(Sk) + "], got " + std::to_string(a.seqlen_q));
+           "must be in [0, Sk=" + std::to_string(d.Sk) + "], got " + std::to_string(a.seqlen_q));
   detail::check_k_window(c, a.k_select, a.window);
+  if (a.scores.device == Device::kCUDA && d.Sk >= (int64_t{1} << 31))
+    c.fail("scores", "sequence length must be < 2^31");
+  return d;
+}
+}  // namespace
+
+std::size_t sparsek_select_workspace_size(const SparseKSelectArgs& a) {
+  Checker c("sparsek_select_workspace_size");
+  SelectDims d = check_select_inputs(c, a);
+  if (a.scores.device != Device::kCUDA || d.B == 0 || d.Hkv == 0 || a.seqlen_q == 0) return 0;
+#if defined(BSK_WITH_CUDA)
+  return kernels::select_workspace_bytes(
+      select_params(a.scores, d.B, d.Sk, d.Hkv, a.seqlen_q, a.k_select, a.window));
+#else
+  return 0;
+#endif
+}
+
+void sparsek_select(const SparseKSelectArgs& a) {
+  Checker c("sparsek_select");
+  const SelectDims d = check_select_inputs(c, a);
+  const int64_t B = d.B, Sk = d.Sk, Hkv = d.Hkv;
   check_summary(c, "tau", a.tau, a.scores, B, Hkv, a.seqlen_q, DType::kFloat32);
   check_summary(c, "theta_val", a.theta_val, a.scores, B, Hkv, a.seqlen_q, DType::kFloat32);
   check_summary(c, "theta_idx", a.theta_idx, a.scores, B, Hkv, a.seqlen_q, DType::kInt32);
   check_summary(c, "n_active", a.n_active, a.scores, B, Hkv, a.seqlen_q, DType::kInt32);
-  if (a.scores.device == Device::kCUDA && Sk >= (int64_t{1} << 31))
-    c.fail("scores", "sequence length must be < 2^31");
   if (B == 0 || Hkv == 0 || a.seqlen_q == 0) return;
 
   if (a.scores.device == Device::kCPU) {
@@ -146,12 +170,19 @@ void sparsek_select(const SparseKSelectArgs& a) {
   p.theta_idx = static_cast<int32_t*>(a.theta_idx.data);
   p.n_active = static_cast<int32_t*>(a.n_active.data);
   p.stream = a.stream;
-  std::size_t ws = kernels::select_workspace_bytes(p);
+  const std::size_t ws = kernels::select_workspace_bytes(p);
   auto stream = static_cast<cudaStream_t>(a.stream);
-  void* buf = nullptr;
-  if (ws > 0 && cudaMallocAsync(&buf, ws, stream) != cudaSuccess)
-    throw CudaError("sparsek_select: cudaMallocAsync of the workspace failed");
-  p.workspace = buf;
+  void* buf = nullptr;  // owned by this call
+  if (ws > 0 && a.workspace != nullptr) {
+    if (a.workspace_bytes < ws)
+      c.fail("workspace",
+             "needs " + std::to_string(ws) + " bytes, got " + std::to_string(a.workspace_bytes));
+    p.workspace = a.workspace;
+  } else if (ws > 0) {
+    if (cudaMallocAsync(&buf, ws, stream) != cudaSuccess)
+      throw CudaError("sparsek_select: cudaMallocAsync of the workspace failed");
+    p.workspace = buf;
+  }
   try {
     kernels::sparsek_select(p);
   } catch (...) {

@@ -72,6 +72,27 @@ bsk::SparseKFwdArgs sparsek_fwd_inputs(const Array& q, const Array& k, const Arr
   return a;
 }
 
+// The inputs sparsek_select and its workspace query share.
+bsk::SparseKSelectArgs sparsek_select_inputs(const Array& scores, int64_t seqlen_q,
+                                             int64_t k_select, int64_t window) {
+  bsk::SparseKSelectArgs a;
+  a.scores = view(scores, "scores");
+  a.seqlen_q = seqlen_q;
+  a.k_select = k_select;
+  a.window = window;
+  return a;
+}
+
+// An optional caller-owned workspace (a CUDA tensor, e.g. from PyTorch's caching allocator)
+// instead of a stream-ordered allocation per call; `fn` names the call in the error.
+void set_workspace(const char* fn, const Array& workspace, void*& ptr, std::size_t& bytes) {
+  if (!workspace.is_valid()) return;
+  if (workspace.device_type() != nb::device::cuda::value)
+    throw bsk::InvalidArgument(fn, "workspace", "must be a CUDA tensor");
+  ptr = workspace.data();
+  bytes = workspace.nbytes();
+}
+
 }  // namespace
 
 NB_MODULE(_C, m) {
@@ -137,25 +158,32 @@ NB_MODULE(_C, m) {
       nb::arg("scale").none(), nb::arg("stream") = 0);
 
   m.def(
+      "sparsek_select_workspace_size",
+      [](Array scores, int64_t seqlen_q, int64_t k_select, int64_t window) {
+        return bsk::sparsek_select_workspace_size(
+            sparsek_select_inputs(scores, seqlen_q, k_select, window));
+      },
+      nb::arg("scores"), nb::arg("seqlen_q"), nb::arg("k_select"), nb::arg("window"),
+      "Bytes of device scratch sparsek_select needs (0 for CPU tensors and for sequences "
+      "short enough to sort in shared memory).");
+
+  m.def(
       "sparsek_select",
       [](Array scores, int64_t seqlen_q, int64_t k_select, int64_t window, Array tau,
-         Array theta_val, Array theta_idx, Array n_active, uintptr_t stream) {
-        bsk::SparseKSelectArgs a;
-        a.scores = view(scores, "scores");
-        a.seqlen_q = seqlen_q;
-        a.k_select = k_select;
-        a.window = window;
+         Array theta_val, Array theta_idx, Array n_active, uintptr_t stream, Array workspace) {
+        bsk::SparseKSelectArgs a = sparsek_select_inputs(scores, seqlen_q, k_select, window);
         a.tau = view(tau, "tau");
         a.theta_val = view(theta_val, "theta_val");
         a.theta_idx = view(theta_idx, "theta_idx");
         a.n_active = view(n_active, "n_active");
         a.stream = stream_ptr(stream);
+        set_workspace("sparsek_select", workspace, a.workspace, a.workspace_bytes);
         nb::gil_scoped_release nogil;
         bsk::sparsek_select(a);
       },
       nb::arg("scores"), nb::arg("seqlen_q"), nb::arg("k_select"), nb::arg("window"),
       nb::arg("tau"), nb::arg("theta_val"), nb::arg("theta_idx"), nb::arg("n_active"),
-      nb::arg("stream") = 0);
+      nb::arg("stream") = 0, nb::arg("workspace").none() = nb::none());
 
   m.def(
       "sparsek_attention_fwd",
@@ -166,15 +194,7 @@ NB_MODULE(_C, m) {
         a.lse = view(lse, "lse");
         a.scale = scale_or_default(scale);
         a.stream = stream_ptr(stream);
-        if (workspace.is_valid()) {
-          // Caller-owned scratch (e.g. from PyTorch's caching allocator) instead of a
-          // stream-ordered allocation per call.
-          if (workspace.device_type() != nb::device::cuda::value)
-            throw bsk::InvalidArgument("sparsek_attention_fwd", "workspace",
-                                       "must be a CUDA tensor");
-          a.workspace = workspace.data();
-          a.workspace_bytes = workspace.nbytes();
-        }
+        set_workspace("sparsek_attention_fwd", workspace, a.workspace, a.workspace_bytes);
         nb::gil_scoped_release nogil;
         bsk::sparsek_attention_fwd(a);
       },

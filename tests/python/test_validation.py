@@ -274,6 +274,23 @@ def test_kernels_available_on_cpu():
     assert _backend.choose("x", torch.device("cpu")) is not None
 
 
+def test_select_workspace_size_on_cpu_and_bad_arguments():
+    """The selection's workspace query: no device scratch for CPU tensors, and the argument
+    checks (naming the argument) of the selection itself."""
+    from blackwell_sparsek import _C
+    u = scores()
+    S = u.shape[1]
+    assert _C.sparsek_select_workspace_size(u, S, 4, 4) == 0
+    raises(ValueError, "sparsek_select_workspace_size", "seqlen_q",
+           lambda: _C.sparsek_select_workspace_size(u, S + 1, 4, 4))
+    raises(ValueError, "sparsek_select_workspace_size", "k_select",
+           lambda: _C.sparsek_select_workspace_size(u, S, -1, 4))
+    raises(TypeError, "sparsek_select_workspace_size", "scores",
+           lambda: _C.sparsek_select_workspace_size(u.half(), S, 4, 4))
+    raises(ValueError, "sparsek_select_workspace_size", "scores",
+           lambda: _C.sparsek_select_workspace_size(u[0], S, 4, 4))
+
+
 def test_sparsek_workspace_size_on_cpu_and_bad_arguments():
     """The native workspace query: no device scratch for CPU tensors, and the same argument
     checks (naming the argument) as the forward itself."""
