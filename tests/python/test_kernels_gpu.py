@@ -244,6 +244,10 @@ def test_select_caller_workspace():
 
     want = outputs()
     _C.sparsek_select(u, Sq, k_sel, win, *want, stream())
+    torch.cuda.synchronize()
+    # Every output was written (the poison is gone), so the comparison below can fail.
+    assert not torch.isnan(want[0]).any() and not torch.isnan(want[1]).any()
+    assert bool((want[2] >= -1).all()) and bool((want[3] >= 0).all())
     got = outputs()
     ws = torch.full((nbytes,), 0xAB, device="cuda", dtype=torch.uint8)  # garbage scratch
     _C.sparsek_select(u, Sq, k_sel, win, *got, stream(), ws)
