@@ -105,6 +105,41 @@ FwdWorkspace plan_workspace(const kernels::SelectParams& sp, int64_t head_dim) {
 }  // namespace
 
 namespace {
+#if defined(BSK_WITH_CUDA)
+// Device scratch of `need` bytes for one call: the caller's workspace (refused, naming
+// 'workspace', when it is too small) or a stream-ordered allocation owned here and freed when
+// this goes out of scope (after the launches, or when one throws).
+class Scratch {
+ public:
+  Scratch(const Checker& c, const char* fn, void* given, std::size_t given_bytes, std::size_t need,
+          cudaStream_t stream)
+      : stream_(stream) {
+    if (need == 0) return;
+    if (given != nullptr) {
+      if (given_bytes < need)
+        c.fail("workspace",
+               "needs " + std::to_string(need) + " bytes, got " + std::to_string(given_bytes));
+      ptr_ = given;
+      return;
+    }
+    if (cudaMallocAsync(&owned_, need, stream) != cudaSuccess)
+      throw CudaError(std::string(fn) + ": cudaMallocAsync of the workspace failed");
+    ptr_ = owned_;
+  }
+  ~Scratch() {
+    if (owned_) cudaFreeAsync(owned_, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  cudaStream_t stream_;
+  void* ptr_ = nullptr;
+  void* owned_ = nullptr;
+};
+#endif
+
 struct SelectDims {
   int64_t B = 0, Sk = 0, Hkv = 0;
 };
@@ -170,26 +205,10 @@ void sparsek_select(const SparseKSelectArgs& a) {
   p.theta_idx = static_cast<int32_t*>(a.theta_idx.data);
   p.n_active = static_cast<int32_t*>(a.n_active.data);
   p.stream = a.stream;
-  const std::size_t ws = kernels::select_workspace_bytes(p);
-  auto stream = static_cast<cudaStream_t>(a.stream);
-  void* buf = nullptr;  // owned by this call
-  if (ws > 0 && a.workspace != nullptr) {
-    if (a.workspace_bytes < ws)
-      c.fail("workspace",
-             "needs " + std::to_string(ws) + " bytes, got " + std::to_string(a.workspace_bytes));
-    p.workspace = a.workspace;
-  } else if (ws > 0) {
-    if (cudaMallocAsync(&buf, ws, stream) != cudaSuccess)
-      throw CudaError("sparsek_select: cudaMallocAsync of the workspace failed");
-    p.workspace = buf;
-  }
-  try {
-    kernels::sparsek_select(p);
-  } catch (...) {
-    if (buf) cudaFreeAsync(buf, stream);
-    throw;
-  }
-  if (buf) cudaFreeAsync(buf, stream);
+  const Scratch scratch(c, "sparsek_select", a.workspace, a.workspace_bytes,
+                        kernels::select_workspace_bytes(p), static_cast<cudaStream_t>(a.stream));
+  p.workspace = scratch.get();
+  kernels::sparsek_select(p);
 #else
   kernels::sparsek_select(kernels::SelectParams{});
 #endif
@@ -236,19 +255,10 @@ void sparsek_attention_fwd(const SparseKFwdArgs& a) {
 #if defined(BSK_WITH_CUDA)
   auto sp = select_params(a.scores, d.B, d.Sk, d.Hkv, d.Sq, a.k_select, a.window);
   FwdWorkspace w = plan_workspace(sp, d.D);
-  auto stream = static_cast<cudaStream_t>(a.stream);
-  void* buf = a.workspace;
-  bool owned = false;
-  if (buf == nullptr) {
-    if (cudaMallocAsync(&buf, w.total, stream) != cudaSuccess)
-      throw CudaError("sparsek_attention_fwd: cudaMallocAsync of the workspace failed");
-    owned = true;
-  } else if (a.workspace_bytes < w.total) {
-    c.fail("workspace",
-           "needs " + std::to_string(w.total) + " bytes, got " + std::to_string(a.workspace_bytes));
-  }
-  char* base =
-      reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(buf) + kAlign - 1) / kAlign * kAlign);
+  const Scratch scratch(c, "sparsek_attention_fwd", a.workspace, a.workspace_bytes, w.total,
+                        static_cast<cudaStream_t>(a.stream));
+  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(scratch.get()) + kAlign - 1) /
+                                       kAlign * kAlign);
   sp.tau = reinterpret_cast<float*>(base + w.off_tau);
   sp.theta_val = reinterpret_cast<float*>(base + w.off_theta_val);
   sp.theta_idx = reinterpret_cast<int32_t*>(base + w.off_theta_idx);
@@ -278,14 +288,8 @@ void sparsek_attention_fwd(const SparseKFwdArgs& a) {
   p.union_old = sp.union_old;
   p.tile_q = w.tile_q;
   p.union_cap = w.union_cap;
-  try {
-    kernels::sparsek_select(sp);
-    kernels::sparsek_attention_fwd(p);
-  } catch (...) {
-    if (owned) cudaFreeAsync(buf, stream);
-    throw;
-  }
-  if (owned) cudaFreeAsync(buf, stream);
+  kernels::sparsek_select(sp);
+  kernels::sparsek_attention_fwd(p);
 #else
   kernels::sparsek_attention_fwd(kernels::SparseKFwdParams{});
 #endif

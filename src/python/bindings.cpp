@@ -59,16 +59,22 @@ float scale_or_default(const nb::object& s) {
   return s.is_none() ? bsk::kDefaultScale : nb::cast<float>(s);
 }
 
-// The inputs the SparseK forward and its workspace query share.
-bsk::SparseKFwdArgs sparsek_fwd_inputs(const Array& q, const Array& k, const Array& v,
-                                       const Array& scores, int64_t k_select, int64_t window) {
-  bsk::SparseKFwdArgs a;
+// The inputs every SparseK attention call has (forward, its workspace query, backward).
+template <class Args>
+void set_sparsek_inputs(Args& a, const Array& q, const Array& k, const Array& v,
+                        const Array& scores, int64_t k_select, int64_t window) {
   a.q = view(q, "q");
   a.k = view(k, "k");
   a.v = view(v, "v");
   a.scores = view(scores, "scores");
   a.k_select = k_select;
   a.window = window;
+}
+
+bsk::SparseKFwdArgs sparsek_fwd_inputs(const Array& q, const Array& k, const Array& v,
+                                       const Array& scores, int64_t k_select, int64_t window) {
+  bsk::SparseKFwdArgs a;
+  set_sparsek_inputs(a, q, k, v, scores, k_select, window);
   return a;
 }
 
@@ -218,10 +224,7 @@ NB_MODULE(_C, m) {
          Array dq, Array dk, Array dv, Array dscores, int64_t k_select, int64_t window,
          nb::object scale, uintptr_t stream) {
         bsk::SparseKBwdArgs a;
-        a.q = view(q, "q");
-        a.k = view(k, "k");
-        a.v = view(v, "v");
-        a.scores = view(scores, "scores");
+        set_sparsek_inputs(a, q, k, v, scores, k_select, window);
         a.out = view(out, "out");
         a.dout = view(dout, "dout");
         a.lse = view(lse, "lse");
@@ -230,8 +233,6 @@ NB_MODULE(_C, m) {
         a.dk = view(dk, "dk");
         a.dv = view(dv, "dv");
         a.dscores = view(dscores, "dscores");
-        a.k_select = k_select;
-        a.window = window;
         a.scale = scale_or_default(scale);
         a.stream = stream_ptr(stream);
         nb::gil_scoped_release nogil;
