@@ -49,6 +49,10 @@
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <string>
+#if defined(BSK_SELECT_PROFILE)
+#include <cstdio>
+#include <vector>
+#endif
 
 #include "bsk/kernels/sm90/sparsek_select_core.h"
 #include "kernels/kernels.h"
@@ -67,7 +71,8 @@ constexpr int kDefaultChunks = 64;      // the best of the measured grid below (
 constexpr int kDefaultChunksBig = 128;  // Sk in (4096, 16384], capped by smem_chunk_cap
 
 #if defined(BSK_SELECT_PROFILE)
-// Development aid: per-CTA clock64 at phase boundaries (see the profiling driver in the notes).
+// Development aid: per-CTA clock64 at phase boundaries; sparsek_select prints the median cycles
+// of each phase over the launch's CTAs to stderr (print_profile).
 __device__ long long g_sel_prof[4096 * 8];
 #define SEL_PROF(slot)                                                                          \
   do {                                                                                          \
@@ -173,11 +178,16 @@ struct DevKeys {
                               ((d >> 9) & 64u) | ((d >> 24) & 128u);
         m |= bits << (8 * i);
       }
-    } else {  // global path: segments are not 16-byte aligned
+    } else {
+      // Global path (segments are not 16-byte aligned): 32 unconditional loads at clamped ranks
+      // (the padding bits are masked below), all in flight at once. Guarded loads compiled to
+      // one branch per rank, i.e. 32 dependent global-memory round trips per mask.
       const int base = w << 5;
-#pragma unroll 8
-      for (int b = 0; b < 32; ++b)
-        if (base + b < n && ix[base + b] < L) m |= 1u << b;
+#pragma unroll
+      for (int b = 0; b < 32; ++b) {
+        const int r = base + b < n ? base + b : n - 1;
+        m |= (ix[r] < L ? 1u : 0u) << b;
+      }
     }
     const int rem = n - (w << 5);  // callers keep 32 w < n; the padding is masked out
     if (rem < 32) m &= (1u << rem) - 1u;
@@ -369,6 +379,9 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   // is a candidate (L >= j + 1, which the attention kernel tests itself) they are the rows that
   // select j. Needs tile_q == kRowsPerTile.
   constexpr int kRowsPerTile = 128;
+  // Union steps per loop iteration: 1 in shared memory; 4 on the global path, whose loads are
+  // round trips to L2 or DRAM.
+  constexpr int kBatch = sizeof(IdxT) == 2 ? 1 : 4;
   const bool want_rows = a.union_rows != nullptr && a.tile_q == kRowsPerTile;
   const float* ub = a.scores + static_cast<int64_t>(bh / a.hkv) * a.s_b +
                     static_cast<int64_t>(bh % a.hkv) * a.s_h;
@@ -410,22 +423,61 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
       newcnt += __popc(m);
     };
     int64_t jstart = 0;
-    if (t > t0) {
-      const int32_t* prev = buf ? buf : out - cap;
-      for (int base = 0; base < cnt; base += 32) {
-        const int i = base + lane;
-        int j = -1;
-        if (i < cnt) j = buf ? prev[i] : __ldcg(prev + i);
-        const int64_t dj = i < cnt ? static_cast<int64_t>(d[j]) : 0;
-        __syncwarp();  // the filtered copy writes where other lanes of the warp just read
-        emit(i < cnt && sc::in_union(dj, j, la, lb), j, dj);
+    if constexpr (kBatch == 1) {
+      if (t > t0) {
+        const int32_t* prev = buf ? buf : out - cap;
+        for (int base = 0; base < cnt; base += 32) {
+          const int i = base + lane;
+          int j = -1;
+          if (i < cnt) j = buf ? prev[i] : __ldcg(prev + i);
+          const int64_t dj = i < cnt ? static_cast<int64_t>(d[j]) : 0;
+          __syncwarp();  // the filtered copy writes where other lanes of the warp just read
+          emit(i < cnt && sc::in_union(dj, j, la, lb), j, dj);
+        }
+        jstart = prev_lb;
       }
-      jstart = prev_lb;
-    }
-    for (int64_t base = jstart; base < lb; base += 32) {
-      const int j = static_cast<int>(base) + lane;
-      const int64_t dj = static_cast<int64_t>(d[j < lb ? j : 0]);
-      emit(j < lb && sc::in_union(dj, j, la, lb), j, dj);
+      for (int64_t base = jstart; base < lb; base += 32) {
+        const int j = static_cast<int>(base) + lane;
+        const int64_t dj = static_cast<int64_t>(d[j < lb ? j : 0]);
+        emit(j < lb && sc::in_union(dj, j, la, lb), j, dj);
+      }
+    } else {
+      // Global path (no union buffer: the previous tile is read back from the output, which
+      // never overlaps this tile's): kBatch rows of 32 keys per step, their loads issued
+      // before any of their stores.
+      if (t > t0) {
+        const int32_t* prev = out - cap;
+        for (int base = 0; base < cnt; base += 32 * kBatch) {
+          int jv[kBatch];
+          int64_t dv[kBatch];
+#pragma unroll
+          for (int q = 0; q < kBatch; ++q) {
+            const int i = base + 32 * q + lane;
+            jv[q] = __ldcg(prev + (i < cnt ? i : 0));
+          }
+#pragma unroll
+          for (int q = 0; q < kBatch; ++q) dv[q] = static_cast<int64_t>(d[jv[q]]);
+#pragma unroll
+          for (int q = 0; q < kBatch; ++q) {
+            const bool in = base + 32 * q + lane < cnt;
+            emit(in && sc::in_union(dv[q], jv[q], la, lb), jv[q], dv[q]);
+          }
+        }
+        jstart = prev_lb;
+      }
+      for (int64_t base = jstart; base < lb; base += 32 * kBatch) {
+        int64_t dv[kBatch];
+#pragma unroll
+        for (int q = 0; q < kBatch; ++q) {
+          const int64_t j = base + 32 * q + lane;
+          dv[q] = static_cast<int64_t>(d[j < lb ? j : 0]);
+        }
+#pragma unroll
+        for (int q = 0; q < kBatch; ++q) {
+          const int j = static_cast<int>(base) + 32 * q + lane;
+          emit(j < lb && sc::in_union(dv[q], j, la, lb), j, dv[q]);
+        }
+      }
     }
     if (lane == 0) {
       a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
@@ -443,7 +495,8 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
 // Shared-memory path.
 // ---------------------------------------------------------------------------------------------
 // Chunks per head at most, per instantiation: 256 up to 4096 keys; 64 for 8192 (two CTAs per
-// SM leave ~1 KB for the static arrays below) and 128 for 16384 (one CTA per SM).
+// SM leave ~1 KB for the static arrays below) and 128 for 16384 (one CTA per SM) and for the
+// 128-thread instantiations (Sk <= 1024).
 __host__ __device__ constexpr int smem_chunk_cap(int threads, int items) {
   return (threads == 256 && items <= 16) ? kMaxLanes : (threads == 256 ? 64 : 128);
 }
@@ -563,6 +616,7 @@ __global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
   const int n = a.n;
   uint32_t* kbits = a.g_keys + static_cast<int64_t>(g) * n;
   const int32_t* ix = a.g_vals + static_cast<int64_t>(g) * n;
+  SEL_PROF(0);
   char* scratch = a.g_scratch + g * a.g_scratch_stride;
   int32_t* ps = reinterpret_cast<int32_t*>(scratch);
   if (tid == 0) {
@@ -573,6 +627,7 @@ __global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
   int fnf = n;
   unsigned maxabs = 0;
   const float* u = a.scores + b * a.s_b + h * a.s_h;
+#pragma unroll 4
   for (int j = tid; j < n; j += blockDim.x) {
     const uint32_t bits = sc::float_bits(u[static_cast<int64_t>(j) * a.s_s]);
     if (sc::finite_bits(bits))
@@ -580,9 +635,24 @@ __global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
     else
       fnf = min(fnf, j);
   }
-  for (int r = tid; r < n; r += blockDim.x) {
-    kbits[r] = sc::float_bits(sc::key_value(kbits[r]));
-    ps[ix[r]] = r;
+  // Four ranks per thread and step, their loads ahead of their stores (ps could alias ix).
+  for (int r0 = tid; r0 < n; r0 += 4 * blockDim.x) {
+    uint32_t kb[4];
+    int32_t jx[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int r = r0 + q * static_cast<int>(blockDim.x);
+      kb[q] = r < n ? kbits[r] : 0u;
+      jx[q] = r < n ? ix[r] : 0;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int r = r0 + q * static_cast<int>(blockDim.x);
+      if (r < n) {
+        kbits[r] = sc::float_bits(sc::key_value(kb[q]));
+        ps[jx[q]] = r;
+      }
+    }
   }
   atomicMin(&s_fnf, fnf);
   atomicMax(&s_maxabs, maxabs);
@@ -622,8 +692,9 @@ std::size_t table_bytes(int n, int wdlog, std::size_t cnt_size, int chunks) {
 // Development knobs (read once): BSK_SELECT_CHUNKS (sweeping lanes per head, up to 256, for
 // Sk <= 4096), BSK_SELECT_CTAS (the CTAs per SM the shared memory plan targets: 1..3),
 // BSK_SELECT_WDLOG (the smallest table word to try), BSK_SELECT_GLOBAL_CHUNKS (lanes per head on
-// the global path, up to 256) and BSK_SELECT_SMEM_MAX_N (the longest Sk kept on the
-// shared-memory path, at most kMaxSmemN).
+// the global path, up to 256), BSK_SELECT_SMEM_MAX_N (the longest Sk kept on the
+// shared-memory path, at most kMaxSmemN) and BSK_SELECT_SMALL (0: 256-thread CTAs for Sk <= 1024
+// as well).
 int env_int(const char* name, int dflt) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != 0 ? std::atoi(v) : dflt;
@@ -635,7 +706,15 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   const int64_t n = p.seqlen_k;
   static const int env_max_n = env_int("BSK_SELECT_SMEM_MAX_N", kMaxSmemN);
   if (n > std::min(env_max_n, kMaxSmemN)) return false;
-  if (n <= 1024) {
+  // Up to 1024 keys: 128-thread CTAs, six per SM. Every phase of a head is latency-bound and only
+  // two warps sweep, so twice the heads in flight per SM beat twice the threads per head (the
+  // tier-origin shape, S = 512: 506 -> see the notes). BSK_SELECT_SMALL=0 keeps 256 threads.
+  static const bool env_small = env_int("BSK_SELECT_SMALL", 1) != 0;
+  bool small = false;
+  if (n <= 1024 && env_small) {
+    sp.threads = 128, sp.items = n <= 512 ? 4 : 8;
+    small = true;
+  } else if (n <= 1024) {
     sp.threads = 256, sp.items = 4;
   } else if (n <= 2048) {
     sp.threads = 256, sp.items = 8;
@@ -648,7 +727,7 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   }
   // Occupancy target (registers allow 3 CTAs of 256 threads): 3 per SM up to 4096 keys, then 2, 1.
   static const int env_ctas = env_int("BSK_SELECT_CTAS", 3);
-  const int ctas = std::max(1, std::min(env_ctas, n <= 4096 ? 3 : (n <= 8192 ? 2 : 1)));
+  const int ctas = small ? 6 : std::max(1, std::min(env_ctas, n <= 4096 ? 3 : (n <= 8192 ? 2 : 1)));
   const int cap = smem_chunk_cap(sp.threads, sp.items);
   const std::size_t stat = smem_static_bytes(cap);  // 1 KB per CTA is the system's
   const std::size_t budget =
@@ -694,6 +773,8 @@ std::size_t sort_bytes_of() {
   return sizeof(typename cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t>::TempStorage);
 }
 std::size_t sort_temp_bytes(int threads, int items) {
+  if (threads == 128 && items == 4) return sort_bytes_of<128, 4>();
+  if (threads == 128 && items == 8) return sort_bytes_of<128, 8>();
   if (threads == 256 && items == 4) return sort_bytes_of<256, 4>();
   if (threads == 256 && items == 8) return sort_bytes_of<256, 8>();
   if (threads == 256 && items == 16) return sort_bytes_of<256, 16>();
@@ -792,6 +873,28 @@ GlobalPlan plan_global(const SelectParams& p) {
   return gp;
 }
 
+#if defined(BSK_SELECT_PROFILE)
+// Development aid: median cycles per phase over the first CTAs of the last launch (stderr).
+void print_profile(int ctas, cudaStream_t stream) {
+  static long long h[4096 * 8];
+  ctas = std::min(ctas, 4096);
+  cudaStreamSynchronize(stream);
+  if (cudaMemcpyFromSymbol(h, g_sel_prof, sizeof(long long) * 8 * ctas) != cudaSuccess) return;
+  const char* names[5] = {"load+sort", "table", "starts", "sweep+patch", "unions"};
+  std::fprintf(stderr, "[select profile] %d CTAs, median cycles:", ctas);
+  for (int ph = 0; ph < 5; ++ph) {
+    std::vector<long long> d(ctas);
+    for (int c = 0; c < ctas; ++c) d[c] = h[c * 8 + ph + 1] - h[c * 8 + ph];
+    std::sort(d.begin(), d.end());
+    std::fprintf(stderr, " %s %lld", names[ph], d[ctas / 2]);
+  }
+  std::vector<long long> it(ctas);
+  for (int c = 0; c < ctas; ++c) it[c] = h[c * 8 + 6];
+  std::sort(it.begin(), it.end());
+  std::fprintf(stderr, " | sweep ticks (warp 0) %lld\n", it[ctas / 2]);
+}
+#endif
+
 }  // namespace
 
 std::size_t select_workspace_bytes(const SelectParams& p) {
@@ -818,7 +921,11 @@ void sparsek_select(const SelectParams& p) {
     a.off_ubuf = sp.off_ubuf;
     a.off_sort = sp.off_sort;
     a.ubuf_in_smem = sp.ubuf_in_smem ? 1 : 0;
-    if (sp.items == 4) {
+    if (sp.threads == 128 && sp.items == 4) {
+      launch_smem<128, 4, 6>(a, sp, heads, stream);
+    } else if (sp.threads == 128) {
+      launch_smem<128, 8, 6>(a, sp, heads, stream);
+    } else if (sp.items == 4) {
       launch_smem<256, 4, 3>(a, sp, heads, stream);
     } else if (sp.items == 8) {
       launch_smem<256, 8, 3>(a, sp, heads, stream);
@@ -829,6 +936,9 @@ void sparsek_select(const SelectParams& p) {
     } else {
       launch_smem<512, 32, 1>(a, sp, heads, stream);
     }
+#if defined(BSK_SELECT_PROFILE)
+    print_profile(static_cast<int>(heads), stream);
+#endif
     return;
   }
   if (p.workspace == nullptr)
@@ -865,6 +975,9 @@ void sparsek_select(const SelectParams& p) {
     a.g_off_tsum = gp.tsum_off;
     select_global_kernel<<<static_cast<unsigned>(g), 256, 0, stream>>>(a);
     check(cudaGetLastError(), "select kernel launch (global path)");
+#if defined(BSK_SELECT_PROFILE)
+    print_profile(g, stream);
+#endif
   }
 }
 
