@@ -370,6 +370,7 @@ TEST(SelectGpu, Cases) {
     cases.push_back({2, 113, 3, 113, 7, 16, d, 16});
     cases.push_back({1, 1000, 2, 1000, 64, 100, d, 128});
     cases.push_back({1, 4097, 2, 4097, 256, 256, d, 128});
+    cases.push_back({1, 3000, 2, 3000, 256, 256, d, 128});  // chunk table in global memory
   }
   for (int64_t S : {1, 2, 113, 1000, 4096, 4097}) {
     cases.push_back({1, S, 2, S, 0, 1, Dist::kNormal, 64});           // k = 0

@@ -32,5 +32,10 @@ u = torch.randint(0, 5, (1, 1100, 1), device="cuda").float() * 0.5
 q = torch.randn(1, 1100, 1, 64, device="cuda", dtype=torch.float16)
 k = torch.randn_like(q)
 _C.sparsek_attention_fwd(q, k, torch.randn_like(k), u, torch.empty_like(q), None, 50, 8, None, s)
+# 2049..4096 keys: the selection's chunk table in the workspace (global memory), 256 chunks.
+u = torch.randn(1, 2500, 2, device="cuda")
+q = torch.randn(1, 2500, 2, 64, device="cuda", dtype=torch.float16)
+k = torch.randn_like(q)
+_C.sparsek_attention_fwd(q, k, torch.randn_like(k), u, torch.empty_like(q), None, 100, 64, None, s)
 torch.cuda.synchronize()
 print("sanitize_small: done")

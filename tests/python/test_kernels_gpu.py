@@ -226,16 +226,18 @@ def test_sparsek_caller_workspace():
     assert torch.equal(out2.view(torch.int16), before.view(torch.int16))
 
 
-def test_select_caller_workspace():
-    """Keys beyond shared memory sort in device scratch: a caller-provided workspace (what the
-    PyTorch op passes) gives the same bits as the call's own allocation; one byte short is
-    refused, naming the argument, before anything is written."""
+@pytest.mark.parametrize("S", [17000, 3500])
+def test_select_caller_workspace(S):
+    """Device scratch of the selection (keys beyond shared memory sort there; 2049..4096 keys
+    keep their chunk table there): a caller-provided workspace (what the PyTorch op passes)
+    gives the same bits as the call's own allocation; one byte short is refused, naming the
+    argument, before anything is written."""
     gen = torch.Generator(device="cuda").manual_seed(23)
-    B, S, Hkv, Sq, k_sel, win = 1, 17000, 2, 3000, 256, 64
+    B, Hkv, Sq, k_sel, win = 1, 2, 3000, 256, 64
     u = make_scores(B, S, Hkv, "randn", gen)
     nbytes = _C.sparsek_select_workspace_size(u, Sq, k_sel, win)
     assert nbytes > 0
-    assert _C.sparsek_select_workspace_size(u[:, :4096].contiguous(), Sq, k_sel, win) == 0
+    assert _C.sparsek_select_workspace_size(u[:, :2048].contiguous(), 2048, k_sel, win) == 0
 
     def outputs():
         tau = poison(torch.empty(B, Hkv, Sq, device="cuda"))

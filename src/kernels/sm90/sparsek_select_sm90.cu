@@ -67,8 +67,10 @@ constexpr int kMaxLanes = 256;  // chunks per head at most on the shared-memory 
 // Chunks per head on the global path: all 8 warps of its CTA sweep. With one sweeping warp (32
 // chunks) a 65536-key head was a chain of ~2048 rows per lane at global-memory latency.
 constexpr int kGlobalLanes = 256;
-constexpr int kDefaultChunks = 64;      // the best of the measured grid below (Sk <= 4096)
-constexpr int kDefaultChunksBig = 128;  // Sk in (4096, 16384], capped by smem_chunk_cap
+constexpr int kDefaultChunks = 64;         // the best of the measured grid below (Sk <= 4096)
+constexpr int kDefaultChunksBig = 128;     // Sk in (4096, 16384], capped by smem_chunk_cap
+constexpr int kDefaultChunksGTable = 128;  // Sk in (2048, 4096]: the table in global memory
+constexpr int kGTableWdlog = 7;            // its words: 128 ranks
 
 #if defined(BSK_SELECT_PROFILE)
 // Development aid: per-CTA clock64 at phase boundaries; sparsek_select prints the median cycles
@@ -129,6 +131,11 @@ struct KArgs {
   char* g_scratch = nullptr;  // per head: pos[n], d[n], table counts, table sums
   std::size_t g_scratch_stride = 0;
   std::size_t g_off_d = 0, g_off_tcnt = 0, g_off_tsum = 0;
+  // Shared-memory path with the chunk table in global memory (SmemPlan::gtable): head bh's
+  // table at t_cnt / t_sum + bh * t_stride entries.
+  int32_t* t_cnt = nullptr;
+  int64_t* t_sum = nullptr;
+  int64_t t_stride = 0;
 };
 
 // Sorted keys as the core reads them. Shared-memory path (IdxT = u16): the fixed values are
@@ -505,7 +512,7 @@ constexpr std::size_t smem_static_bytes(int c) {
   return 8 * static_cast<std::size_t>(c + 1) + 4 * static_cast<std::size_t>(c) + 16;
 }
 
-template <int kThreads, int kItems, int kMinBlocks>
+template <int kThreads, int kItems, int kMinBlocks, bool kGTable>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const KArgs a) {
   using Sort = cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -576,12 +583,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const
 
   DevKeys<uint16_t> keys{n, val64, nullptr, ix, ps, fx, u, a.s_s};
   const int tw = ((n + (1 << a.wdlog) - 1) >> a.wdlog) - 1;
-  uint16_t* tcnt = reinterpret_cast<uint16_t*>(region);
-  int64_t* tsum =
-      reinterpret_cast<int64_t*>(region + align_up(sizeof(uint16_t) * a.nchunks * tw, 16));
   uint16_t* d = reinterpret_cast<uint16_t*>(region);
   int32_t* ubuf = a.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + a.off_ubuf) : nullptr;
-  select_head(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound, s_thend);
+  if constexpr (kGTable) {
+    select_head(a, bh, keys, s_fnf, a.t_cnt + bh * a.t_stride, a.t_sum + bh * a.t_stride, d, ubuf,
+                s_bound, s_thend);
+  } else {
+    uint16_t* tcnt = reinterpret_cast<uint16_t*>(region);
+    int64_t* tsum =
+        reinterpret_cast<int64_t*>(region + align_up(sizeof(uint16_t) * a.nchunks * tw, 16));
+    select_head(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound, s_thend);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -675,6 +687,11 @@ struct SmemPlan {
   uint32_t off_idx = 0, off_pos = 0, off_region = 0, off_ubuf = 0, off_sort = 0;
   std::size_t bytes = 0;
   bool ubuf_in_smem = false;
+  // 2049..4096 keys: the chunk table in the workspace (L2) instead of shared memory, so that
+  // every warp sweeps (256 chunks) with fine table words and three CTAs per SM still fit.
+  bool gtable = false;
+  std::size_t table_stride = 0;  // entries per head
+  std::size_t workspace = 0;     // bytes: heads x (int32 counts, then int64 sums)
 };
 
 std::size_t sort_temp_bytes(int threads, int items);
@@ -742,18 +759,35 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   const bool sort_low = align_up(np * 4, 128) + sort_b <= sp.off_region;
   sp.off_sort = sort_low ? static_cast<uint32_t>(align_up(np * 4, 128)) : sp.off_region;
   const std::size_t d_b = align_up(np * 2, 16);
+  static const bool env_gtable = env_int("BSK_SELECT_GTABLE", 1) != 0;
+  sp.gtable = env_gtable && sp.items >= 16;
   static const int env_chunks = env_int("BSK_SELECT_CHUNKS", kDefaultChunks);
+  static const int env_chunks_g = env_int("BSK_SELECT_CHUNKS", kDefaultChunksGTable);
   static const int env_chunks_big = env_int("BSK_SELECT_CHUNKS_BIG", kDefaultChunksBig);
   static const int env_wdlog = env_int("BSK_SELECT_WDLOG", 5);
-  sp.nchunks = std::min(std::max(n <= 4096 ? env_chunks : env_chunks_big, 1), cap);
+  static const int env_wdlog_g = env_int("BSK_SELECT_GTABLE_WDLOG", kGTableWdlog);
+  sp.nchunks = std::min(
+      std::max(n <= 4096 ? (sp.gtable ? env_chunks_g : env_chunks) : env_chunks_big, 1), cap);
+  if (sp.gtable) {
+    sp.wdlog = std::min(std::max(env_wdlog_g, 5), 14);
+    const std::size_t tw = static_cast<std::size_t>(std::max(table_words(int(n), sp.wdlog), 0));
+    sp.table_stride = tw * static_cast<std::size_t>(sp.nchunks);
+    const std::size_t heads =
+        static_cast<std::size_t>(std::max<int64_t>(p.batch * p.num_heads_kv, 0));
+    sp.workspace = align_up(heads * sp.table_stride * 4, kAlign) + heads * sp.table_stride * 8;
+  }
   auto bytes_for = [&](int wdlog) {
     return sp.off_region + std::max({sort_low ? std::size_t{0} : sort_b,
                                      table_bytes(static_cast<int>(n), wdlog, 2, sp.nchunks), d_b});
   };
-  // The smallest table word (fastest queries) that meets the occupancy target.
-  sp.wdlog = std::min(std::max(env_wdlog, 5), 14);
-  while (sp.wdlog < 14 && bytes_for(sp.wdlog) > budget) ++sp.wdlog;
-  sp.bytes = bytes_for(sp.wdlog);
+  if (sp.gtable) {
+    sp.bytes = sp.off_region + std::max(sort_low ? std::size_t{0} : sort_b, d_b);
+  } else {
+    // The smallest table word (fastest queries) that meets the occupancy target.
+    sp.wdlog = std::min(std::max(env_wdlog, 5), 14);
+    while (sp.wdlog < 14 && bytes_for(sp.wdlog) > budget) ++sp.wdlog;
+    sp.bytes = bytes_for(sp.wdlog);
+  }
   if (sp.bytes > kSmemPerBlockMax - stat) return false;
   // Union buffers (one tile's list per warp) after D when they fit in the budget; otherwise the
   // previous tile is read back from the output.
@@ -808,9 +842,9 @@ KArgs base_args(const SelectParams& p) {
   return a;
 }
 
-template <int kThreads, int kItems, int kMinBlocks>
+template <int kThreads, int kItems, int kMinBlocks, bool kGTable = false>
 void launch_smem(const KArgs& a, const SmemPlan& sp, int64_t heads, cudaStream_t stream) {
-  auto kern = select_smem_kernel<kThreads, kItems, kMinBlocks>;
+  auto kern = select_smem_kernel<kThreads, kItems, kMinBlocks, kGTable>;
   check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(sp.bytes)),
         "cudaFuncSetAttribute(max dynamic shared memory)");
@@ -900,7 +934,7 @@ void print_profile(int ctas, cudaStream_t stream) {
 std::size_t select_workspace_bytes(const SelectParams& p) {
   if (p.batch <= 0 || p.num_heads_kv <= 0 || p.seqlen_q <= 0 || p.seqlen_k <= 0) return 0;
   SmemPlan sp;
-  if (plan_smem(p, sp)) return 0;
+  if (plan_smem(p, sp)) return sp.gtable ? sp.workspace : 0;
   return plan_global(p).total;
 }
 
@@ -929,6 +963,21 @@ void sparsek_select(const SelectParams& p) {
       launch_smem<256, 4, 3>(a, sp, heads, stream);
     } else if (sp.items == 8) {
       launch_smem<256, 8, 3>(a, sp, heads, stream);
+    } else if (sp.gtable) {
+      if (p.workspace == nullptr)
+        throw CudaError("sparsek_select: Sk = " + std::to_string(p.seqlen_k) +
+                        " needs a workspace of select_workspace_bytes() bytes, got none");
+      char* ws = static_cast<char*>(p.workspace);
+      a.t_cnt = reinterpret_cast<int32_t*>(ws);
+      a.t_sum = reinterpret_cast<int64_t*>(
+          ws + align_up(static_cast<std::size_t>(heads) * sp.table_stride * 4, kAlign));
+      a.t_stride = static_cast<int64_t>(sp.table_stride);
+      if (sp.items == 16)
+        launch_smem<256, 16, 3, true>(a, sp, heads, stream);
+      else if (sp.threads == 256)
+        launch_smem<256, 32, 2, true>(a, sp, heads, stream);
+      else
+        launch_smem<512, 32, 1, true>(a, sp, heads, stream);
     } else if (sp.items == 16) {
       launch_smem<256, 16, 3>(a, sp, heads, stream);
     } else if (sp.threads == 256) {
