@@ -6,11 +6,12 @@
 //   1. load the head's scores (strided), find the first non-finite index and max |u|, and sort
 //      the keys by (u, j) descending with cub::BlockRadixSort (stable; keys fed in decreasing j
 //      so equal scores come out with the larger index first); store them as 64-bit fixed point;
-//   2. cut the computed L range into C cost-balanced chunks (32 per sweeping warp; C = 64 for
-//      Sk <= 4096, up to 128 above, 256 on the global path; BSK_SELECT_CHUNKS and
+//   2. cut the computed L range into C cost-balanced chunks (32 per sweeping warp; C = 64 up to
+//      2048 keys, 128 up to 16384 (64 at 8192), 256 on the global path; BSK_SELECT_CHUNKS and
 //      BSK_SELECT_CHUNKS_BIG override them for experiments) and build the
 //      per-chunk prefix table (integer atomics: exact, so deterministic; the suffix / prefix
-//      passes are warp-parallel shuffle scans, one warp per table line);
+//      passes are warp-parallel shuffle scans, one warp per table line). From 2049 keys the
+//      table lives in the workspace (L2) with 128-rank words; below, in shared memory;
 //   3. all threads write the rows that need no computation (n_p <= k, or a non-finite
 //      candidate); then lane g of the sweeping warps starts chunk g from scratch (theta from the
 //      table, a binary search for the smallest score >= tau);
@@ -20,9 +21,11 @@
 //      at the end of chunk g - 1 passes through shared memory);
 //   5. all warps: the per-tile unions, each warp a run of consecutive tiles, each tile a
 //      filtered copy of the previous tile's union plus the keys that arrived in between.
-// Everything is in shared memory up to kMaxSmemN keys (u16 indices). Longer sequences sort with
+// The keys are in shared memory up to kMaxSmemN keys (u16 indices). Longer sequences sort with
 // cub::DeviceSegmentedRadixSort in the workspace and run the same steps on global memory, a
-// batch of heads at a time, with kGlobalLanes chunks per head (every warp sweeps).
+// batch of heads at a time, with kGlobalLanes chunks per head (every warp sweeps); there the
+// loads that do not depend on each other are issued together (a sweep tick otherwise waits for
+// dozens of serial round trips to L2 / DRAM).
 //
 // Performance (H100, seed shape B=16, Hkv=96, S=4096, k=256, window=256, union on).
 // Before (one sweeping warp, 32 chunks, wdlog 5): 2.70 ms. Per CTA then (cycles, median): sort
@@ -710,8 +713,9 @@ std::size_t table_bytes(int n, int wdlog, std::size_t cnt_size, int chunks) {
 // Sk <= 4096), BSK_SELECT_CTAS (the CTAs per SM the shared memory plan targets: 1..3),
 // BSK_SELECT_WDLOG (the smallest table word to try), BSK_SELECT_GLOBAL_CHUNKS (lanes per head on
 // the global path, up to 256), BSK_SELECT_SMEM_MAX_N (the longest Sk kept on the
-// shared-memory path, at most kMaxSmemN) and BSK_SELECT_SMALL (0: 256-thread CTAs for Sk <= 1024
-// as well).
+// shared-memory path, at most kMaxSmemN), BSK_SELECT_SMALL (0: 256-thread CTAs for Sk <= 1024
+// as well), BSK_SELECT_GTABLE (0: the chunk table in shared memory for 2049..16384 keys too) and
+// BSK_SELECT_GTABLE_WDLOG (its word size in the workspace, default 7).
 int env_int(const char* name, int dflt) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != 0 ? std::atoi(v) : dflt;
@@ -725,7 +729,7 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   if (n > std::min(env_max_n, kMaxSmemN)) return false;
   // Up to 1024 keys: 128-thread CTAs, six per SM. Every phase of a head is latency-bound and only
   // two warps sweep, so twice the heads in flight per SM beat twice the threads per head (the
-  // tier-origin shape, S = 512: 506 -> see the notes). BSK_SELECT_SMALL=0 keeps 256 threads.
+  // tier-origin shape, B16 Hkv96 S512: 509 -> 354 us on an H200). BSK_SELECT_SMALL=0 keeps 256.
   static const bool env_small = env_int("BSK_SELECT_SMALL", 1) != 0;
   bool small = false;
   if (n <= 1024 && env_small) {
