@@ -296,8 +296,8 @@ def sparsek_select(scores: Tensor, seqlen_q: int, k_select: int,
         n_active = torch.empty_like(theta_idx)
         C = _backend.extension()
         sd = _backend.kernel_operand(scores, aligned=False)
-        # Long sequences sort in device scratch: from PyTorch's caching allocator, as for the
-        # forward (0 bytes, no allocation, when the keys fit in shared memory).
+        # Device scratch (from 2049 keys the chunk table, beyond 16384 the sort): from PyTorch's
+        # caching allocator, as for the forward (0 bytes, no allocation, for short sequences).
         nbytes = C.sparsek_select_workspace_size(sd, int(seqlen_q), int(k_select), int(window))
         ws = torch.empty(nbytes, dtype=torch.uint8, device=scores.device) if nbytes else None
         if _run_kernel("sparsek_select", scores.device, lambda s: C.sparsek_select(
