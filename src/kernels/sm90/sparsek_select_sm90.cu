@@ -690,8 +690,8 @@ struct SmemPlan {
   uint32_t off_idx = 0, off_pos = 0, off_region = 0, off_ubuf = 0, off_sort = 0;
   std::size_t bytes = 0;
   bool ubuf_in_smem = false;
-  // 2049..4096 keys: the chunk table in the workspace (L2) instead of shared memory, so that
-  // every warp sweeps (256 chunks) with fine table words and three CTAs per SM still fit.
+  // 2049..16384 keys: the chunk table in the workspace (L2) instead of shared memory, so that it
+  // keeps 128-rank words and 128 chunks at the occupancy target (docs/kernel_notes.md, v34).
   bool gtable = false;
   std::size_t table_stride = 0;  // entries per head
   std::size_t workspace = 0;     // bytes: heads x (int32 counts, then int64 sums)
