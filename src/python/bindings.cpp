@@ -170,8 +170,8 @@ NB_MODULE(_C, m) {
             sparsek_select_inputs(scores, seqlen_q, k_select, window));
       },
       nb::arg("scores"), nb::arg("seqlen_q"), nb::arg("k_select"), nb::arg("window"),
-      "Bytes of device scratch sparsek_select needs (0 for CPU tensors and for sequences "
-      "short enough to sort in shared memory).");
+      "Bytes of device scratch sparsek_select needs (0 for CPU tensors and for sequences of "
+      "at most 2048 keys).");
 
   m.def(
       "sparsek_select",

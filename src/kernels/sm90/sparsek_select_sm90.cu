@@ -693,8 +693,9 @@ struct SmemPlan {
   // 2049..16384 keys: the chunk table in the workspace (L2) instead of shared memory, so that it
   // keeps 128-rank words and 128 chunks at the occupancy target (docs/kernel_notes.md, v34).
   bool gtable = false;
-  std::size_t table_stride = 0;  // entries per head
-  std::size_t workspace = 0;     // bytes: heads x (int32 counts, then int64 sums)
+  std::size_t table_stride = 0;   // entries per head
+  std::size_t off_table_sum = 0;  // workspace: heads x int32 counts, then from here int64 sums
+  std::size_t workspace = 0;      // bytes
 };
 
 std::size_t sort_temp_bytes(int threads, int items);
@@ -778,7 +779,8 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
     sp.table_stride = tw * static_cast<std::size_t>(sp.nchunks);
     const std::size_t heads =
         static_cast<std::size_t>(std::max<int64_t>(p.batch * p.num_heads_kv, 0));
-    sp.workspace = align_up(heads * sp.table_stride * 4, kAlign) + heads * sp.table_stride * 8;
+    sp.off_table_sum = align_up(heads * sp.table_stride * 4, kAlign);
+    sp.workspace = sp.off_table_sum + heads * sp.table_stride * 8;
   }
   auto bytes_for = [&](int wdlog) {
     return sp.off_region + std::max({sort_low ? std::size_t{0} : sort_b,
@@ -933,6 +935,13 @@ void print_profile(int ctas, cudaStream_t stream) {
 }
 #endif
 
+// The caller's workspace; required whenever select_workspace_bytes(p) > 0.
+char* workspace_of(const SelectParams& p) {
+  if (p.workspace == nullptr)
+    throw CudaError("sparsek_select: Sk = " + std::to_string(p.seqlen_k) +
+                    " needs a workspace of select_workspace_bytes() bytes, got none");
+  return static_cast<char*>(p.workspace);
+}
 }  // namespace
 
 std::size_t select_workspace_bytes(const SelectParams& p) {
@@ -968,13 +977,9 @@ void sparsek_select(const SelectParams& p) {
     } else if (sp.items == 8) {
       launch_smem<256, 8, 3>(a, sp, heads, stream);
     } else if (sp.gtable) {
-      if (p.workspace == nullptr)
-        throw CudaError("sparsek_select: Sk = " + std::to_string(p.seqlen_k) +
-                        " needs a workspace of select_workspace_bytes() bytes, got none");
-      char* ws = static_cast<char*>(p.workspace);
+      char* ws = workspace_of(p);
       a.t_cnt = reinterpret_cast<int32_t*>(ws);
-      a.t_sum = reinterpret_cast<int64_t*>(
-          ws + align_up(static_cast<std::size_t>(heads) * sp.table_stride * 4, kAlign));
+      a.t_sum = reinterpret_cast<int64_t*>(ws + sp.off_table_sum);
       a.t_stride = static_cast<int64_t>(sp.table_stride);
       if (sp.items == 16)
         launch_smem<256, 16, 3, true>(a, sp, heads, stream);
@@ -994,11 +999,8 @@ void sparsek_select(const SelectParams& p) {
 #endif
     return;
   }
-  if (p.workspace == nullptr)
-    throw CudaError("sparsek_select: Sk = " + std::to_string(p.seqlen_k) +
-                    " needs a workspace of select_workspace_bytes() bytes, got none");
+  char* ws = workspace_of(p);
   const GlobalPlan gp = plan_global(p);
-  char* ws = static_cast<char*>(p.workspace);
   a.wdlog = gp.wdlog;
   a.nchunks = gp.nchunks;
   const int n = a.n;
