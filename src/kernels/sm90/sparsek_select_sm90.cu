@@ -52,6 +52,7 @@
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <string>
+#include <type_traits>
 #if defined(BSK_SELECT_PROFILE)
 #include <cstdio>
 #include <vector>
@@ -134,6 +135,8 @@ struct KArgs {
   char* g_scratch = nullptr;  // per head: pos[n], d[n], table counts, table sums
   std::size_t g_scratch_stride = 0;
   std::size_t g_off_d = 0, g_off_tcnt = 0, g_off_tsum = 0;
+  int g_vec = 1;    // DevKeys::vec on the global path (BSK_SELECT_GLOBAL_VEC=0: scalar loads)
+  int g_scan = 16;  // the global path's union scans: rows of 32 keys per round of loads
   // Shared-memory path with the chunk table in global memory (SmemPlan::gtable): head bh's
   // table at t_cnt / t_sum + bh * t_stride entries.
   int32_t* t_cnt = nullptr;
@@ -154,6 +157,9 @@ struct DevKeys {
   sc::Fixed fx;
   const float* u;
   int64_t s_s;
+  // Global path, when every head's segment is 16-byte aligned (Sk % 4 == 0): the alive masks of
+  // whole 32-rank words come from 128-bit loads.
+  bool vec = false;
   __device__ __forceinline__ int64_t v(int r) const {
     if constexpr (sizeof(IdxT) == 2)
       return val64[r];
@@ -189,14 +195,27 @@ struct DevKeys {
         m |= bits << (8 * i);
       }
     } else {
-      // Global path (segments are not 16-byte aligned): 32 unconditional loads at clamped ranks
-      // (the padding bits are masked below), all in flight at once. Guarded loads compiled to
-      // one branch per rank, i.e. 32 dependent global-memory round trips per mask.
       const int base = w << 5;
+      if (vec && base + 32 <= n) {
+        // Eight 128-bit loads instead of 32 scalar ones: the sweep's ticks on this path are
+        // bound by the memory pipeline's request rate, not by the round trip alone.
+        const int4* q = reinterpret_cast<const int4*>(ix + base);
 #pragma unroll
-      for (int b = 0; b < 32; ++b) {
-        const int r = base + b < n ? base + b : n - 1;
-        m |= (ix[r] < L ? 1u : 0u) << b;
+        for (int i = 0; i < 8; ++i) {
+          const int4 x = q[i];
+          const uint32_t bits =
+              (x.x < L ? 1u : 0u) | (x.y < L ? 2u : 0u) | (x.z < L ? 4u : 0u) | (x.w < L ? 8u : 0u);
+          m |= bits << (4 * i);
+        }
+      } else {
+        // 32 unconditional loads at clamped ranks (the padding bits are masked below), all in
+        // flight at once. Guarded loads compiled to one branch per rank, i.e. 32 dependent
+        // global-memory round trips per mask.
+#pragma unroll
+        for (int b = 0; b < 32; ++b) {
+          const int r = base + b < n ? base + b : n - 1;
+          m |= (ix[r] < L ? 1u : 0u) << b;
+        }
       }
     }
     const int rem = n - (w << 5);  // callers keep 32 w < n; the padding is masked out
@@ -475,19 +494,28 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
         }
         jstart = prev_lb;
       }
-      for (int64_t base = jstart; base < lb; base += 32 * kBatch) {
-        int64_t dv[kBatch];
+      // The new keys: 128 per tile, but a warp's first tile scans every key below it (up to Sk
+      // of them), there in rounds of a.g_scan rows.
+      auto scan_new = [&](auto rows) {
+        constexpr int kRows = decltype(rows)::value;
+        for (int64_t base = jstart; base < lb; base += 32 * kRows) {
+          int64_t dv[kRows];
 #pragma unroll
-        for (int q = 0; q < kBatch; ++q) {
-          const int64_t j = base + 32 * q + lane;
-          dv[q] = static_cast<int64_t>(d[j < lb ? j : 0]);
-        }
+          for (int q = 0; q < kRows; ++q) {
+            const int64_t j = base + 32 * q + lane;
+            dv[q] = static_cast<int64_t>(d[j < lb ? j : 0]);
+          }
 #pragma unroll
-        for (int q = 0; q < kBatch; ++q) {
-          const int j = static_cast<int>(base) + 32 * q + lane;
-          emit(j < lb && sc::in_union(dv[q], j, la, lb), j, dv[q]);
+          for (int q = 0; q < kRows; ++q) {
+            const int j = static_cast<int>(base) + 32 * q + lane;
+            emit(j < lb && sc::in_union(dv[q], j, la, lb), j, dv[q]);
+          }
         }
-      }
+      };
+      if (a.g_scan > kBatch && lb - jstart > 32 * kBatch)
+        scan_new(std::integral_constant<int, 16>{});
+      else
+        scan_new(std::integral_constant<int, kBatch>{});
     }
     if (lane == 0) {
       a.union_cnt[static_cast<int64_t>(bh) * a.n_tiles + t] = newcnt;
@@ -675,6 +703,7 @@ __global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
   DevKeys<int32_t> keys{n,  nullptr, reinterpret_cast<const float*>(kbits),
                         ix, ps,      sc::make_fixed(s_maxabs, n),
                         u,  a.s_s};
+  keys.vec = a.g_vec != 0 && (n & 3) == 0;  // the workspace's segments start 16-byte aligned
   select_head(a, bh, keys, s_fnf, reinterpret_cast<int32_t*>(scratch + a.g_off_tcnt),
               reinterpret_cast<int64_t*>(scratch + a.g_off_tsum),
               reinterpret_cast<int32_t*>(scratch + a.g_off_d), nullptr, s_bound, s_thend);
@@ -1028,6 +1057,10 @@ void sparsek_select(const SelectParams& p) {
     a.g_off_d = gp.d_off;
     a.g_off_tcnt = gp.tcnt_off;
     a.g_off_tsum = gp.tsum_off;
+    static const int env_vec = env_int("BSK_SELECT_GLOBAL_VEC", 1);
+    static const int env_scan = env_int("BSK_SELECT_GLOBAL_SCAN", 16);
+    a.g_vec = env_vec;
+    a.g_scan = env_scan == 4 ? 4 : 16;
     select_global_kernel<<<static_cast<unsigned>(g), 256, 0, stream>>>(a);
     check(cudaGetLastError(), "select kernel launch (global path)");
 #if defined(BSK_SELECT_PROFILE)
