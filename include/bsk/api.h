@@ -55,9 +55,9 @@ struct SparseKSelectArgs {
   int64_t window = 0;
   TensorView tau, theta_val, theta_idx, n_active;
   // Optional device scratch of at least sparsek_select_workspace_size() bytes (non-zero from
-  // 2049 keys: the selection's chunk table, and beyond 16384 keys the global-memory sort). When
-  // null and needed, the call allocates it stream-ordered (cudaMallocAsync) and frees it after
-  // the launches.
+  // 2049 keys: the selection's chunk table, and beyond 16384 keys the global-memory sort), at any
+  // address (the size includes the slack to align it). When null and needed, the call allocates
+  // it stream-ordered (cudaMallocAsync) and frees it after the launches.
   void* workspace = nullptr;
   std::size_t workspace_bytes = 0;
   void* stream = nullptr;

@@ -46,6 +46,14 @@ constexpr std::size_t kAlign = 256;
 std::size_t align_up(std::size_t x) {
   return (x + kAlign - 1) / kAlign * kAlign;
 }
+#if defined(BSK_WITH_CUDA)
+// The kernels' scratch layouts assume a kAlign-aligned base (vector loads, 64-bit atomics); a
+// caller's workspace may start anywhere, so each size includes kAlign bytes of slack and the
+// base is rounded up here.
+char* align_ptr(void* p) {
+  return reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p) + kAlign - 1) / kAlign * kAlign);
+}
+#endif
 
 // Device scratch of the SparseK forward: the selection summaries, the per-tile unions and the
 // selection kernel's own workspace.
@@ -164,8 +172,9 @@ std::size_t sparsek_select_workspace_size(const SparseKSelectArgs& a) {
   SelectDims d = check_select_inputs(c, a);
   if (a.scores.device != Device::kCUDA || d.B == 0 || d.Hkv == 0 || a.seqlen_q == 0) return 0;
 #if defined(BSK_WITH_CUDA)
-  return kernels::select_workspace_bytes(
+  const std::size_t bytes = kernels::select_workspace_bytes(
       select_params(a.scores, d.B, d.Sk, d.Hkv, a.seqlen_q, a.k_select, a.window));
+  return bytes > 0 ? bytes + kAlign : 0;
 #else
   return 0;
 #endif
@@ -205,9 +214,10 @@ void sparsek_select(const SparseKSelectArgs& a) {
   p.theta_idx = static_cast<int32_t*>(a.theta_idx.data);
   p.n_active = static_cast<int32_t*>(a.n_active.data);
   p.stream = a.stream;
+  const std::size_t bytes = kernels::select_workspace_bytes(p);
   const Scratch scratch(c, "sparsek_select", a.workspace, a.workspace_bytes,
-                        kernels::select_workspace_bytes(p), static_cast<cudaStream_t>(a.stream));
-  p.workspace = scratch.get();
+                        bytes > 0 ? bytes + kAlign : 0, static_cast<cudaStream_t>(a.stream));
+  p.workspace = bytes > 0 ? align_ptr(scratch.get()) : nullptr;
   kernels::sparsek_select(p);
 #else
   kernels::sparsek_select(kernels::SelectParams{});
@@ -257,8 +267,7 @@ void sparsek_attention_fwd(const SparseKFwdArgs& a) {
   FwdWorkspace w = plan_workspace(sp, d.D);
   const Scratch scratch(c, "sparsek_attention_fwd", a.workspace, a.workspace_bytes, w.total,
                         static_cast<cudaStream_t>(a.stream));
-  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(scratch.get()) + kAlign - 1) /
-                                       kAlign * kAlign);
+  char* base = align_ptr(scratch.get());
   sp.tau = reinterpret_cast<float*>(base + w.off_tau);
   sp.theta_val = reinterpret_cast<float*>(base + w.off_theta_val);
   sp.theta_idx = reinterpret_cast<int32_t*>(base + w.off_theta_idx);

@@ -256,6 +256,14 @@ def test_select_caller_workspace(S):
     torch.cuda.synchronize()
     for g, w in zip(got, want):
         assert torch.equal(g.view(torch.int32), w.view(torch.int32))
+    # A workspace at any address: the size includes the slack the call needs to round it up.
+    odd = torch.full((nbytes + 3,), 0xCD, device="cuda", dtype=torch.uint8)[3:]
+    assert odd.data_ptr() % 16 != 0
+    got = outputs()
+    _C.sparsek_select(u, Sq, k_sel, win, *got, stream(), odd)
+    torch.cuda.synchronize()
+    for g, w in zip(got, want):
+        assert torch.equal(g.view(torch.int32), w.view(torch.int32))
     short = outputs()
     before = [t.clone() for t in short]
     with pytest.raises(ValueError, match="argument 'workspace'"):
