@@ -1,6 +1,7 @@
 // Sweep simulator for the SparseK selection (a development tool, CPU only): runs the selection
 // core's chunk starts and ticks exactly as the kernel does (sparsek_select_core.h, the glue of
-// tests/cpp/select_host.h) and prints, per chunk-cut model, the ticks of the slowest chunk, the
+// tests/cpp/select_host.h) and prints, per chunk-cut model (sc::chunk_cost: the default is the
+// linear log with w = 4), the ticks of the slowest chunk, the
 // mean chunk, and the mean over warps of each warp's slowest lane. A kernel's sweep lasts as long
 // as its slowest chunk (the 32 lanes of a warp tick in step, and the CTA waits at a barrier for
 // its last warp), so max / mean is what an imbalanced cut costs. Tick counts are properties of the
@@ -27,53 +28,21 @@ using bsk_select_host::sort_keys;
 
 namespace {
 
-// A candidate cost model: cumulative cost L + weight * k * ln L, ln from log2 with a cubic fit
-// of log2(1 + f) on each octave (max error ~1e-3; the core's chunk_cost interpolates linearly
-// per octave, whose density is off by up to 2x within an octave), in Q16 integers.
-int64_t cubic_cost(int64_t l, int64_t k, int64_t weight) {
-  if (l < 1) l = 1;
-  const int e = sc::bit_width64(static_cast<uint64_t>(l)) - 1;
-  const int64_t f = ((l - (int64_t{1} << e)) << 16) >> e;  // [0, 2^16)
-  int64_t t = (10249 * f) >> 16;                           // log2(1 + f) ~ f (a + f (b + c f))
-  t = ((-37831 + t) * f) >> 16;
-  t = ((93118 + t) * f) >> 16;
-  const int64_t log2_q16 = (static_cast<int64_t>(e) << 16) + t;
-  return (l << 16) + weight * k * ((log2_q16 * 45426) >> 16);
-}
-
-// Bounds as sc::chunk_bounds, with the candidate cost (weight < 0: the core's own cut).
-int cut(const sc::RowPlan& p, int chunks, int64_t weight, int64_t* bound) {
-  if (weight < 0) return sc::chunk_bounds(p, chunks, bound);
-  const int used = sc::chunks_used(p, chunks);
-  const int64_t ca = cubic_cost(p.llo - 1, p.k, weight), cb = cubic_cost(p.lhi, p.k, weight);
-  for (int c = 1; c < used; ++c) {
-    const int64_t target = cb - static_cast<int64_t>(static_cast<double>(cb - ca) * c / used);
-    int64_t lo = p.llo - 1, hi = p.lhi;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi) >> 1;
-      if (cubic_cost(mid, p.k, weight) < target)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    bound[c] = lo;
-  }
-  sc::chunk_bounds_fix(p, used, chunks, bound);
-  return used;
-}
-
 struct Stats {
   double max = 0, mean = 0, warp_max = 0;
 };
 
+// One head, cut with sc::chunk_cost(weight, cubic).
 Stats simulate(const std::vector<float>& u, int64_t k, int64_t window, int chunks, int wdlog,
-               int64_t weight) {
+               int64_t weight, bool cubic) {
   const int n = static_cast<int>(u.size());
   const bsk_select_host::Sorted s = sort_keys(u);
   const HostKeys keys = s.keys();
-  const sc::RowPlan p = sc::make_plan(n, n, k, window, s.fnf);
+  sc::RowPlan p = sc::make_plan(n, n, k, window, s.fnf);
+  p.cost_weight = weight;
+  p.cost_cubic = cubic;
   std::vector<int64_t> bound(chunks + 1);
-  const int used = cut(p, chunks, weight, bound.data());
+  const int used = sc::chunk_bounds(p, chunks, bound.data());
   Stats st;
   if (used == 0) return st;
   const bsk_select_host::Table t = build_table(keys, bound.data(), used, wdlog);
@@ -115,23 +84,26 @@ int main(int argc, char** argv) {
   std::printf("n=%d chunks=%d wdlog=%d heads=%d k=%lld window=%lld slope=%g\n", n, chunks, wdlog,
               heads, static_cast<long long>(k), static_cast<long long>(window), slope);
   std::printf("%-22s %12s %12s %16s\n", "cut", "max ticks", "mean ticks", "mean warp max");
-  for (int64_t weight : {-1, 4, 5, 6, 8}) {
+  struct Model {
+    int64_t weight;
+    bool cubic;
+  };
+  for (const Model m :
+       {Model{4, false}, Model{4, true}, Model{5, true}, Model{6, true}, Model{8, true}}) {
     std::mt19937_64 rng(1);  // the same heads for every model
     std::normal_distribution<float> nd;
     Stats sum;
     for (int h = 0; h < heads; ++h) {
       std::vector<float> u(static_cast<size_t>(n));
       for (int j = 0; j < n; ++j) u[j] = nd(rng) + static_cast<float>(slope * j);
-      const Stats st = simulate(u, k, window, chunks, wdlog, weight);
+      const Stats st = simulate(u, k, window, chunks, wdlog, m.weight, m.cubic);
       sum.max += st.max / heads;
       sum.mean += st.mean / heads;
       sum.warp_max += st.warp_max / heads;
     }
-    char name[32];
-    if (weight < 0)
-      std::snprintf(name, sizeof name, "core chunk_cost");
-    else
-      std::snprintf(name, sizeof name, "cubic log, %lld k ln L", static_cast<long long>(weight));
+    char name[40];
+    std::snprintf(name, sizeof name, "%s log, %lld k ln L", m.cubic ? "cubic" : "linear",
+                  static_cast<long long>(m.weight));
     std::printf("%-22s %12.1f %12.1f %16.1f\n", name, sum.max, sum.mean, sum.warp_max);
   }
   return 0;

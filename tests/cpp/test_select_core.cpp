@@ -161,12 +161,18 @@ struct EmuOut {
   std::vector<std::vector<int>> unions;
 };
 
+// cubic_cut: chunk bounds from sc::chunk_cost's cubic log with 6 k ln L (the candidate cut of
+// tools/select_sweep_sim.cpp) instead of the kernel's default.
 EmuOut select_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window,
-                      int chunks, int wdlog, int tile_q) {
+                      int chunks, int wdlog, int tile_q, bool cubic_cut = false) {
   const int n = static_cast<int>(u.size());
   Sorted s = sort_keys(u);
   HostKeys keys = s.keys();
   sc::RowPlan p = sc::make_plan(n, sq, k, window, s.fnf);
+  if (cubic_cut) {
+    p.cost_weight = 6;
+    p.cost_cubic = true;
+  }
   std::vector<int64_t> bound(chunks + 1);
   const int used = sc::chunk_bounds(p, chunks, bound.data());
   EmuOut o;
@@ -226,10 +232,11 @@ std::string case_name(int n, int64_t sq, int64_t k, int64_t w, int chunks, int w
 // Compares the emulated kernel against the brute force. Returns the number of mismatches
 // (reported through gtest, capped).
 int check_case(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window, int chunks,
-               int wdlog, int tile_q, const std::string& dist) {
+               int wdlog, int tile_q, const std::string& dist, bool cubic_cut = false) {
   const int n = static_cast<int>(u.size());
-  const std::string name = case_name(n, sq, k, window, chunks, wdlog, dist);
-  EmuOut o = select_emulate(u, sq, k, window, chunks, wdlog, tile_q);
+  const std::string name =
+      case_name(n, sq, k, window, chunks, wdlog, dist) + (cubic_cut ? " cubic cut" : "");
+  EmuOut o = select_emulate(u, sq, k, window, chunks, wdlog, tile_q, cubic_cut);
   int bad = 0;
   auto fail = [&](const std::string& what) {
     if (bad++ < 5) ADD_FAILURE() << name << ": " << what;
@@ -462,8 +469,13 @@ TEST(SelectCoreHelpers, PlanCoversRows) {
     for (int64_t sq : {int64_t{1}, n / 2 + 1, n}) {
       for (int64_t k : {0, 1, 3, 200}) {
         for (int64_t w : {0, 1, 4, 200}) {
-          for (int chunks : {1, 3, 32}) {
+          for (int cut = 0; cut < 4; ++cut) {
+            const int chunks = cut == 0 ? 1 : (cut == 1 ? 3 : 32);  // cut 3: 32, cubic log
             sc::RowPlan p = sc::make_plan(n, sq, k, w, n);
+            if (cut == 3) {  // the cubic-log cut of sc::chunk_cost
+              p.cost_weight = 6;
+              p.cost_cubic = true;
+            }
             std::vector<int64_t> bound(chunks + 1);
             const int used = sc::chunk_bounds(p, chunks, bound.data());
             std::vector<int> hit(n + 1, 0);
@@ -488,6 +500,27 @@ TEST(SelectCoreHelpers, PlanCoversRows) {
         }
       }
     }
+  }
+}
+
+// Both cut models are strictly increasing in L (chunk_bound_raw bisects on them) and continuous
+// across octaves; the cubic log2 is within 1.1e-3 of the true one.
+TEST(SelectCoreHelpers, ChunkCostIsMonotone) {
+  for (int64_t k : {0, 1, 256, 1 << 20}) {
+    for (bool cubic : {false, true}) {
+      const int64_t w = cubic ? 6 : 4;
+      int64_t prev = sc::chunk_cost(1, k, w, cubic);
+      for (int64_t l = 2; l <= (1 << 18); ++l) {
+        const int64_t c = sc::chunk_cost(l, k, w, cubic);
+        ASSERT_GT(c, prev) << "l=" << l << " k=" << k << " cubic=" << cubic;
+        prev = c;
+      }
+    }
+  }
+  for (int64_t l = 1; l <= (1 << 18); l += 7) {
+    const double ln_q16 = static_cast<double>(sc::chunk_cost(l, 1, 1, true) - (l << 16)) / 65536.0;
+    ASSERT_NEAR(ln_q16, std::log(static_cast<double>(l)), 1.1e-3 * std::log(2.0) + 1e-4)
+        << "l=" << l;
   }
 }
 
@@ -626,7 +659,7 @@ TEST(SelectCoreBrute, RandomSmallCases) {
     const int chunks = static_cast<int>(pick(rng, {1, 2, 5, 32}));
     const int wdlog = static_cast<int>(pick(rng, {5, 6, 7}));
     const int tile_q = static_cast<int>(pick(rng, {1, 3, 16, 128}));
-    if (check_case(u, sq, k, w, chunks, wdlog, tile_q, dist_name(d)) > 0) return;
+    if (check_case(u, sq, k, w, chunks, wdlog, tile_q, dist_name(d), iter % 2 == 1) > 0) return;
     cases++;
   }
   EXPECT_GT(cases, 2000 * stress());
@@ -639,6 +672,7 @@ TEST(SelectCoreBrute, Size1000AllRows) {
     std::vector<float> u = make_scores(1000, d, rng);
     EXPECT_EQ(check_case(u, 1000, 64, 100, 32, 6, 128, dist_name(d)), 0);
     EXPECT_EQ(check_case(u, 1000, 7, 0, 32, 5, 64, dist_name(d)), 0);
+    EXPECT_EQ(check_case(u, 1000, 64, 100, 32, 6, 128, dist_name(d), true), 0);
   }
 }
 

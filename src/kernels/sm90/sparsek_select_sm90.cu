@@ -744,8 +744,10 @@ std::size_t table_bytes(int n, int wdlog, std::size_t cnt_size, int chunks) {
 // BSK_SELECT_WDLOG (the smallest table word to try), BSK_SELECT_GLOBAL_CHUNKS (lanes per head on
 // the global path, up to 256), BSK_SELECT_SMEM_MAX_N (the longest Sk kept on the
 // shared-memory path, at most kMaxSmemN), BSK_SELECT_SMALL (0: 256-thread CTAs for Sk <= 1024
-// as well), BSK_SELECT_GTABLE (0: the chunk table in shared memory for 2049..16384 keys too) and
-// BSK_SELECT_GTABLE_WDLOG (its word size in the workspace, default 7).
+// as well), BSK_SELECT_GTABLE (0: the chunk table in shared memory for 2049..16384 keys too),
+// BSK_SELECT_GTABLE_WDLOG (its word size in the workspace, default 7), BSK_SELECT_GLOBAL_VEC (0:
+// the global path's alive masks from scalar loads) and BSK_SELECT_GLOBAL_SCAN (4: its first
+// union tiles in rounds of 4 rows).
 int env_int(const char* name, int dflt) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != 0 ? std::atoi(v) : dflt;

@@ -181,7 +181,9 @@ struct RowPlan {
   int64_t n = 0, sq = 0, k = 0, window = 0;
   int64_t lbase = 0;  // L(i) = max(0, lbase + i)
   int64_t lrow_min = 0, lrow_max = 0;
-  int64_t fnf = 0;           // first non-finite score index (n if none)
+  int64_t fnf = 0;      // first non-finite score index (n if none)
+  int cost_weight = 4;  // the chunk cut's cost model (chunk_cost)
+  bool cost_cubic = false;
   int64_t llo = 1, lhi = 0;  // computed rows: L in [llo, lhi] (empty when llo > lhi)
   int64_t ltriv = 0;         // the largest L <= k among the rows (0 if none)
 
@@ -210,15 +212,26 @@ BSK_SEL_HD RowPlan make_plan(int64_t n, int64_t sq, int64_t k, int64_t window, i
 
 // Chunk c (one GPU lane) covers L in (bound[c + 1], bound[c]]; bound[0] = lhi, bound[C] = llo - 1,
 // strictly decreasing while rows remain, so the non-empty chunks are a prefix. The cut balances
-// the estimated sweep cost per row, 1 + 4k / L (each boundary crosses about k / L keys per row),
-// i.e. cumulative cost(L) = L + 4k ln L, with ln approximated piecewise-linearly in integers so
-// that host and device cut identically.
-BSK_SEL_HD int64_t chunk_cost(int64_t l, int64_t k) {
+// an estimated sweep cost per row, 1 + w k / L (each boundary crosses about k / L keys per row),
+// i.e. cumulative cost(L) = L + w k ln L, in Q16 integers so that host and device cut identically.
+// ln comes from log2: interpolated linearly within each octave (the default, w = 4; its cost
+// density is off by up to 2x inside an octave), or with cubic: log2(1 + f) on each octave by a
+// cubic (max error 1e-3). On the sweep simulator (tools/select_sweep_sim.cpp) the cubic log with
+// w = 6 makes the slowest chunk, which the sweep waits for, 13-23% shorter from 16384 keys and
+// leaves 4096 about the same (docs/kernel_notes.md, eighth session). The kernel still cuts with
+// the default: the cubic cut has not been measured on a GPU yet.
+BSK_SEL_HD int64_t chunk_cost(int64_t l, int64_t k, int64_t weight = 4, bool cubic = false) {
   if (l < 1) l = 1;
   const int e = bit_width64(static_cast<uint64_t>(l)) - 1;  // 2^e <= l < 2^(e+1)
-  // log2(l) * 2^16 ~ e * 2^16 + (l - 2^e) * 2^16 / 2^e; ln 2 * 2^16 ~ 45426.
-  const int64_t log2_q16 = (static_cast<int64_t>(e) << 16) + (((l - (int64_t{1} << e)) << 16) >> e);
-  return (l << 16) + 4 * k * ((log2_q16 * 45426) >> 16);
+  const int64_t f = ((l - (int64_t{1} << e)) << 16) >> e;   // (l - 2^e) / 2^e in Q16
+  int64_t t = f;                                            // log2(1 + f) ~ f
+  if (cubic) {                                              // ~ f (a + f (b + c f)), a + b + c = 1
+    t = (10249 * f) >> 16;
+    t = ((-37831 + t) * f) >> 16;
+    t = ((93118 + t) * f) >> 16;
+  }
+  const int64_t log2_q16 = (static_cast<int64_t>(e) << 16) + t;
+  return (l << 16) + weight * k * ((log2_q16 * 45426) >> 16);  // ln 2 * 2^16 ~ 45426
 }
 
 // Number of non-empty chunks for `chunks` lanes.
@@ -229,12 +242,13 @@ BSK_SEL_HD int chunks_used(const RowPlan& p, int chunks) {
 
 // bound[c] for 0 < c < used, before the monotone clean-up (independent per c: one GPU thread each).
 BSK_SEL_HD int64_t chunk_bound_raw(const RowPlan& p, int used, int c) {
-  const int64_t ca = chunk_cost(p.llo - 1, p.k), cb = chunk_cost(p.lhi, p.k);
+  const int64_t ca = chunk_cost(p.llo - 1, p.k, p.cost_weight, p.cost_cubic);
+  const int64_t cb = chunk_cost(p.lhi, p.k, p.cost_weight, p.cost_cubic);
   const int64_t target = cb - static_cast<int64_t>(static_cast<double>(cb - ca) * c / used);
   int64_t lo = p.llo - 1, hi = p.lhi;  // the smallest l with cost(l) >= target
   while (lo < hi) {
     const int64_t mid = (lo + hi) >> 1;
-    if (chunk_cost(mid, p.k) < target)
+    if (chunk_cost(mid, p.k, p.cost_weight, p.cost_cubic) < target)
       lo = mid + 1;
     else
       hi = mid;
