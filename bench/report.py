@@ -105,7 +105,8 @@ def make_row(w: Workload, impl: str, status: str = STATUS_OK, ms: Optional[float
                tflops=flops / (ms * 1e-3) / 1e12 if ok else None,
                tbps=nbytes / (ms * 1e-3) / 1e12 if ok else None,
                flops=flops, io_bytes=nbytes, speedup_vs_sdpa_default=None, x_floor=None,
-               allclose=None, max_abs_err=None, mean_abs_err=None, error=None, note=None)
+               allclose=None, max_abs_err=None, mean_abs_err=None, error=None, note=None,
+               selection_ms=None, selection_share=None)
     row.update(extra)
     return row
 
@@ -300,6 +301,12 @@ def targets_table(rows: Sequence[dict], ceilings: dict,
     out.append(_target("SparseK fwd, seed shape: multiple of the floor", "<= 1.6x floor", xf,
                        None if xf is None else xf <= 1.6, "x floor",
                        (r or {}).get("status", "not run") if xf is None else ""))
+    share = r.get("selection_share") if is_measured(r) else None
+    out.append(_target("SparseK selection, seed shape: share of the call", "< 10%",
+                       None if share is None else 100 * share,
+                       None if share is None else share < 0.10, "%",
+                       "no kernel split in this run" if is_measured(r)
+                       else (r or {}).get("status", "not run")))
     for peer, req, need in (("flex_token_level", ">= 4.5x FlexAttention token-level (Triton)",
                              4.5),
                             ("flex_token_level_flash", ">= 4.4x FlexAttention FLASH backend",

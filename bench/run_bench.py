@@ -214,6 +214,34 @@ def cuda_times(torch, fn, warmup: int, repeat: int, flush=None):
     return [s.elapsed_time(e) for s, e in zip(st, en)]
 
 
+def is_selection_kernel(name: str) -> bool:
+    """Whether a CUDA kernel of the SparseK call belongs to its selection (the shared-memory or
+    global-memory selection kernels, the global path's key preparation and segmented sort)."""
+    return ("select_" in name or "prep_sort_kernel" in name or "global_prep" in name
+            or "SegmentedRadixSort" in name)
+
+
+def selection_split(torch, fn, reps: int = 3):
+    """(selection kernels' ms, all kernels' ms) per call of ``fn``, from torch.profiler's CUDA
+    kernel times over ``reps`` calls (after the timing, so that it never perturbs it)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    sel = tot = 0.0
+    for ev in prof.key_averages():
+        if ev.device_type.name != "CUDA":
+            continue
+        us = getattr(ev, "device_time_total", None) or ev.cuda_time_total
+        tot += us
+        if is_selection_kernel(ev.key):
+            sel += us
+    return sel / reps / 1e3, tot / reps / 1e3
+
+
 def measure_ceilings(torch, quick: bool) -> dict:
     c: dict = {}
     errs = []
@@ -458,6 +486,16 @@ def run_impl(torch, st: WorkloadState, impl: str, ctx: dict, budget_end: float) 
                 raise P.Unavailable("fallback", "the PyTorch implementation ran during the "
                                                 "timed calls (timing discarded)")
             fn()  # one more checked call: still the kernel after timing
+            if impl == "bsk_sparsek" and DEVICE == "cuda":
+                # What the selection costs (issue: under 10% of the call at the seed shape).
+                try:
+                    sel_ms, _ = selection_split(torch, timed_fn)
+                    extra.update(selection_ms=sel_ms, selection_share=sel_ms / ms)
+                    split = (f"selection kernels {sel_ms:.3g} ms, {100 * sel_ms / ms:.0f}% of "
+                             "the call (torch.profiler, 3 calls)")
+                except Exception as e:  # noqa: BLE001 - the split is extra, the row stands
+                    split = f"selection split unavailable: {type(e).__name__}: {e}"[:200]
+                extra["note"] = "; ".join(x for x in (extra.get("note"), split) if x)
         row = R.make_row(w, impl, R.STATUS_OK, ms, **extra)
     except P.Unavailable as e:
         row = R.make_row(w, impl, e.status, None, error=e.message or None, **extra)

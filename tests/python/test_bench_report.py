@@ -387,6 +387,13 @@ def test_targets():
     assert tg["Dense fwd vs cuDNN SDPA, causal (seed shape)"]["measured"] == \
         pytest.approx(135 / 120)
     assert tg["Tier-origin shape: SparseK k=64 w=64 in Tier 3"]["status"] == "met"
+    share = "SparseK selection, seed shape: share of the call"
+    assert tg[share]["status"] == "not measured (no kernel split in this run)"
+    sk = R.find_row(rows, "seed/sparsek_k256_w256", "bsk_sparsek")
+    for frac, status in ((0.05, "met"), (0.28, "not met")):
+        sk.update(selection_ms=frac * sk["ms"], selection_share=frac)
+        t = {t["target"]: t for t in R.targets_table(rows, H100, ws)}[share]
+        assert t["status"] == status and t["measured"] == pytest.approx(100 * frac)
     for t in tg.values():
         assert t["status"] in ("met", "not met") or t["status"].startswith("not measured")
     empty = R.targets_table([], H100, ws)
@@ -411,6 +418,26 @@ def _doc():
                generated_utc="2026-01-02 03:04 UTC")
     R.finalize(doc, ws)
     return doc
+
+
+def test_selection_kernels_are_told_apart():
+    """The bsk_sparsek row's selection split counts the selection's kernels, never the
+    attention kernel (names as torch.profiler reports them)."""
+    import run_bench as RB
+    selection = [
+        "void bsk::kernels::(anonymous namespace)::select_smem_kernel<256, 16, 3, true>(bsk::"
+        "kernels::(anonymous namespace)::KArgs)",
+        "bsk::kernels::(anonymous namespace)::select_global_kernel(bsk::kernels::(anonymous "
+        "namespace)::KArgs)",
+        "bsk::kernels::(anonymous namespace)::prep_sort_kernel(bsk::kernels::(anonymous "
+        "namespace)::KArgs, unsigned int*, int*, int*, int)",
+        "void cub::CUB_300001_SM_900::detail::radix_sort::DeviceSegmentedRadixSortKernel<cub::"
+        "CUB_300001_SM_900::detail::radix_sort::policy_hub<unsigned int, int, int>::Policy1000>",
+    ]
+    other = ["void bsk::sm90::attention_fwd_sm90_kernel<bsk::sm90::AttnTraits<cutlass::half_t, "
+             "128, 128, 2>, bsk::sm90::SparseKMode>(bsk::sm90::AttnArgs)", "Memset (Device)"]
+    assert all(RB.is_selection_kernel(n) for n in selection)
+    assert not any(RB.is_selection_kernel(n) for n in other)
 
 
 def test_json_schema_and_strictness():
