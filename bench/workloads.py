@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+DTYPE_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 # The two shapes of the tier table (SPEC section 4).
 SEED = dict(B=16, H=96, Hkv=96, S=4096, D=128)
@@ -273,6 +274,8 @@ DECODE_IMPLS = ("sdpa_default", "bsk_dense", "bsk_sparsek", "sdpa_cudnn", "sdpa_
                 "sdpa_efficient", "fa4", "xformers")
 SWEEP_SPARSEK_IMPLS = ("bsk_sparsek", "flex_token_level", "flex_block_packed")
 SWEEP_CAUSAL_IMPLS = ("sdpa_default", "bsk_dense_causal", "sdpa_cudnn")
+SWEEP_DENSE_IMPLS = ("sdpa_default", "bsk_dense", "sdpa_cudnn")
+DENSE_SWEEP_S = (1024, 2048, 8192, 16384)
 
 
 def sparsek_name(k_select: int, window: int, suffix: str = "") -> str:
@@ -343,7 +346,9 @@ def sweep_workloads(seed: dict, dtype: str) -> List[Workload]:
     """k in {64, 256, 1024} (window 256), window in {0, 256, 1024} (k 256), S in {4096, 16384,
     65536} (k 256, window 256; B scaled so B*S stays at the seed's token count), and GQA
     (Hkv = H/12). The headline case (k256 w256 S4096) is the seed workload, not repeated.
-    Every new shape gets a dense_causal workload for its SDPA reference."""
+    Every new shape gets a dense_causal workload for its SDPA reference. Then dense attention,
+    non-causal and causal beside SDPA cuDNN, at S in {1024, 2048, 8192, 16384} (B scaled the
+    same way), at D = 64 and in the other 16-bit dtype (the seed shape otherwise)."""
     ws: List[Workload] = []
     base = _shape(seed, dtype)
     for k in (64, 256, 1024):
@@ -371,6 +376,19 @@ def sweep_workloads(seed: dict, dtype: str) -> List[Workload]:
         ws.append(Workload(sparsek_name(SEED_K, SEED_W, f"_gqa{hkv}"), "sparsek", "sweep", sh,
                            causal=True, k_select=SEED_K, window=SEED_W,
                            impls=SWEEP_SPARSEK_IMPLS))
+    have = {w.name for w in ws}
+    other = "bfloat16" if dtype == "float16" else "float16"
+    dense_shapes = [(f"_S{s}", _shape(seed, dtype, s=s, b=scaled_batch(seed["B"], seed["S"], s)))
+                    for s in DENSE_SWEEP_S]
+    dense_shapes.append(("_d64", Shape(B=seed["B"], H=seed["H"], Hkv=seed["Hkv"], Sq=seed["S"],
+                                       Sk=seed["S"], D=64, dtype=dtype)))
+    dense_shapes.append((f"_{DTYPE_SHORT[other]}", _shape(seed, other)))
+    for suffix, sh in dense_shapes:
+        ws.append(Workload(f"dense{suffix}", "dense", "sweep", sh, causal=False,
+                           impls=SWEEP_DENSE_IMPLS))
+        if f"dense_causal{suffix}" not in have:  # the SparseK S sweep has S = 16384's
+            ws.append(Workload(f"dense_causal{suffix}", "dense", "sweep", sh, causal=True,
+                               impls=SWEEP_CAUSAL_IMPLS))
     return ws
 
 

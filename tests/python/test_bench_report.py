@@ -182,6 +182,17 @@ def test_sweep_scales_batch_and_covers_the_grid():
     for w in sk:
         if w.shape != SEED_SHAPE:
             assert W.shape_key(w.shape) in dense
+    # dense attention beside SDPA cuDNN at other lengths, D = 64 and bf16, causal and not
+    dn = {(w.shape.Sq, w.shape.D, w.shape.dtype, w.causal): w for w in ws if w.kind == "dense"}
+    for s in (1024, 2048, 8192, 16384):
+        for causal in (False, True):
+            w = dn[(s, 128, "float16", causal)]
+            assert w.shape.B * s == 16 * 4096 and "sdpa_cudnn" in w.impls
+    for key in ((4096, 64, "float16"), (4096, 128, "bfloat16")):
+        assert {dn[key + (c,)].impls[1] for c in (False, True)} == {"bsk_dense",
+                                                                   "bsk_dense_causal"}
+    bf = [w for w in W.build_workloads(sweep=True, dtype="bfloat16") if w.name == "dense_fp16"]
+    assert len(bf) == 1 and bf[0].shape.dtype == "float16"
 
 
 def test_filter_workloads():
