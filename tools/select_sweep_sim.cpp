@@ -30,6 +30,9 @@ namespace {
 
 struct Stats {
   double max = 0, mean = 0, warp_max = 0;
+  // Exact evaluations of f per chunk start: init_lane's bisection over [theta's rank, n), the
+  // same over [theta's rank, start_bad_bound), init_lane_falsi.
+  double evals_bisect = 0, evals_bracket = 0, evals_newton = 0;
 };
 
 // One head, cut with sc::chunk_cost(weight, cubic).
@@ -48,9 +51,20 @@ Stats simulate(const std::vector<float>& u, int64_t k, int64_t window, int chunk
   const bsk_select_host::Table t = build_table(keys, bound.data(), used, wdlog);
   std::vector<long> ticks(used);
   for (int c = 0; c < used; ++c) {
-    sc::Lane ln;
+    sc::Lane ln, ln2;
     sc::init_lane(keys, row_of(t, c), static_cast<int>(bound[c]),
                   static_cast<int>(bound[c + 1]) + 1, k, s.fx.one, ln);
+    int ev = 0;
+    sc::init_lane_falsi(keys, row_of(t, c), static_cast<int>(bound[c]),
+                        static_cast<int>(bound[c + 1]) + 1, k, s.fx.one, ln2, &ev);
+    if (ln2.st.p1.p != ln.st.p1.p || ln2.st.p3.p != ln.st.p3.p || ln2.st.tn != ln.st.tn) {
+      std::fprintf(stderr, "regula falsi start differs at chunk %d\n", c);
+      std::exit(1);
+    }
+    st.evals_newton += ev;
+    for (int w = n - ln.st.th.p; w > 1; w = (w + 1) / 2) st.evals_bisect += 1;
+    const int bb = sc::start_bad_bound(keys, ln.st.th.p, static_cast<int>(bound[c]), s.fx.one);
+    for (int w = bb - ln.st.th.p; w > 1; w = (w + 1) / 2) st.evals_bracket += 1;
     long count = 0;
     while (!ln.done) {
       sc::tick(
@@ -67,6 +81,9 @@ Stats simulate(const std::vector<float>& u, int64_t k, int64_t window, int chunk
   st.max = static_cast<double>(*std::max_element(ticks.begin(), ticks.end()));
   for (long x : ticks) st.mean += static_cast<double>(x);
   st.mean /= used;
+  st.evals_newton /= used;
+  st.evals_bisect /= used;
+  st.evals_bracket /= used;
   return st;
 }
 
@@ -100,11 +117,19 @@ int main(int argc, char** argv) {
       sum.max += st.max / heads;
       sum.mean += st.mean / heads;
       sum.warp_max += st.warp_max / heads;
+      sum.evals_bisect += st.evals_bisect / heads;
+      sum.evals_newton += st.evals_newton / heads;
+      sum.evals_bracket += st.evals_bracket / heads;
     }
     char name[40];
     std::snprintf(name, sizeof name, "%s log, %lld k ln L", m.cubic ? "cubic" : "linear",
                   static_cast<long long>(m.weight));
     std::printf("%-22s %12.1f %12.1f %16.1f\n", name, sum.max, sum.mean, sum.warp_max);
+    if (m.weight == 4 && !m.cubic)
+      std::printf(
+          "  chunk starts, exact evaluations of f: %.2f bisection (init_lane), %.2f bisection "
+          "in [theta, start_bad_bound), %.2f regula falsi (init_lane_falsi)\n",
+          sum.evals_bisect, sum.evals_bracket, sum.evals_newton);
   }
   return 0;
 }

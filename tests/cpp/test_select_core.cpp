@@ -559,6 +559,50 @@ TEST(SelectCoreTable, QueriesMatchNaivePrefix) {
   }
 }
 
+bool same_cursor(const sc::Cursor& a, const sc::Cursor& b) {
+  return a.p == b.p && (a.p < 0 || (a.m == b.m && a.v == b.v));
+}
+
+// The regula falsi chunk start finds the same T0, hence the same state, as the bisection.
+TEST(SelectCoreSweep, FalsiStartMatchesBisection) {
+  std::mt19937_64 rng(77 + stress());
+  int cases = 0;
+  long evals = 0, bisect = 0;
+  for (int iter = 0; iter < 1500 * stress(); ++iter) {
+    const int n = static_cast<int>(pick(rng, {2, 3, 9, 64, 113, 500, 1000, 3000}));
+    const Dist d = static_cast<Dist>(rng() % static_cast<int>(Dist::kCount));
+    std::vector<float> u = make_scores(n, d, rng);
+    Sorted s = sort_keys(u);
+    HostKeys keys = s.keys();
+    const int64_t fnf = s.fnf;
+    if (fnf < 2) continue;
+    const int64_t k = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(fnf - 1));
+    const int L = static_cast<int>(k + 1 + rng() % static_cast<uint64_t>(fnf - k));  // k < L <= fnf
+    const int wdlog = static_cast<int>(pick(rng, {5, 6, 7}));
+    Table t = table_for_L(keys, L, wdlog);
+    sc::Lane a, b;
+    sc::init_lane(keys, row_of(t, 0), L, 1, k, s.fx.one, a);
+    int ev = 0;
+    sc::init_lane_falsi(keys, row_of(t, 0), L, 1, k, s.fx.one, b, &ev);
+    const sc::SweepState &x = a.st, &y = b.st;
+    ASSERT_TRUE(x.L == y.L && same_cursor(x.th, y.th) && same_cursor(x.p1, y.p1) &&
+                same_cursor(x.p2, y.p2) && same_cursor(x.p3, y.p3) && x.ns == y.ns &&
+                x.na == y.na && x.ne == y.ne && x.sa == y.sa && x.tn == y.tn && x.td == y.td &&
+                x.teq == y.teq && a.lo == b.lo && a.done == b.done && a.acc == b.acc)
+        << "n=" << n << " k=" << k << " L=" << L << " dist=" << dist_name(d) << ": T0 ranks "
+        << x.p1.p << "/" << x.p2.p << "/" << x.p3.p << " vs " << y.p1.p << "/" << y.p2.p << "/"
+        << y.p3.p;
+    evals += ev;
+    for (int w = n - x.th.p; w > 1; w = (w + 1) / 2) ++bisect;
+    cases++;
+  }
+  EXPECT_GT(cases, 1000 * stress());
+  std::printf(
+      "[ SelectCoreSweep ] regula falsi starts: %.2f evaluations of f per start "
+      "(bisection: ~%.2f)\n",
+      double(evals) / cases, double(bisect) / cases);
+}
+
 // Every row the tick machine emits (sweeping from L = n down) must come from a state whose
 // partition matches a full recount and equal a fresh start at that L.
 TEST(SelectCoreSweep, StepsMatchFromScratchAndRecount) {

@@ -719,6 +719,35 @@ BSK_SEL_HD bool f_le_k(const K& keys, const TableRow<CntT>& t, int L, int64_t x,
   return f <= k * one;
 }
 
+// The exact partition at T0 = v(good) (the smallest score >= tau) for a chunk start; r1_lo: a
+// lower bound of #{u >= T0 + 1}.
+template <class K, class CntT>
+BSK_SEL_HD void start_partition(const K& keys, const TableRow<CntT>& t, int L, int good, int r1_lo,
+                                int64_t one, SweepState& st) {
+  const int n = keys.n;
+  const int64_t t0 = keys.v(good);
+  const int r1 = first_lt(keys, t0 + one, r1_lo, good);
+  const int r2 = first_lt(keys, t0 + 1, r1, good + 1);  // #{u > T0}
+  const int r3 = first_lt(keys, t0, good, n);           // #{u >= T0}
+  int a1, a2, a3;
+  int64_t s1, s2, s3;
+  table_q(keys, t, L, r1, a1, s1);
+  table_q(keys, t, L, r2, a2, s2);
+  table_q(keys, t, L, r3, a3, s3);
+  st.ns = a1;
+  st.na = a2 - a1;
+  st.sa = s2 - s1;
+  st.ne = a3 - a2;
+  st.teq = t0;
+  st.tn = t0;
+  st.td = 1;
+  seek(keys, st.p1, r1, L);
+  st.p2 = st.p1;
+  seek(keys, st.p2, r2, L);
+  st.p3 = st.p2;
+  seek(keys, st.p3, r3, L);
+}
+
 template <class K, class CntT>
 BSK_SEL_HD void init_lane(const K& keys, const TableRow<CntT>& t, int L, int lo, int64_t k,
                           int64_t one, Lane& ln) {
@@ -754,28 +783,94 @@ BSK_SEL_HD void init_lane(const K& keys, const TableRow<CntT>& t, int L, int lo,
       bad = mid;
     }
   }
-  // Exact partition at T0 = v(good).
-  const int64_t t0 = keys.v(good);
-  const int r1 = first_lt(keys, t0 + one, r1_lo, good);
-  const int r2 = first_lt(keys, t0 + 1, r1, good + 1);  // #{u > T0}
-  const int r3 = first_lt(keys, t0, good, n);           // #{u >= T0}
-  int a1, a2, a3;
-  int64_t s1, s2, s3;
-  table_q(keys, t, L, r1, a1, s1);
-  table_q(keys, t, L, r2, a2, s2);
-  table_q(keys, t, L, r3, a3, s3);
-  st.ns = a1;
-  st.na = a2 - a1;
-  st.sa = s2 - s1;
-  st.ne = a3 - a2;
-  st.teq = t0;
-  st.tn = t0;
-  st.td = 1;
-  seek(keys, st.p1, r1, L);
-  st.p2 = st.p1;
-  seek(keys, st.p2, r2, L);
-  st.p3 = st.p2;
-  seek(keys, st.p3, r3, L);
+  start_partition(keys, t, L, good, r1_lo, one, st);
+}
+
+// The search's bad end from theta alone: tau >= min(theta - 1, u of the next alive key after theta)
+// (above theta - 1 the k keys from theta up are saturated, so f can reach k there only when no
+// other key is above tau, i.e. tau is the largest other score), and every rank whose score is
+// below tau fails f(v) <= k. Returns the first rank below that bound (n if none).
+template <class K>
+BSK_SEL_HD int start_bad_bound(const K& keys, int r0, int L, int64_t one) {
+  Cursor nx;
+  seek(keys, nx, r0 + 1, L);
+  int64_t lbv = keys.v(r0) - one;
+  if (nx.p < keys.n && nx.v < lbv) lbv = nx.v;
+  return first_lt(keys, lbv, r0 + 1, keys.n);
+}
+
+// init_lane with the search for T0 by regula falsi (Illinois) on the values of f instead of
+// bisecting the ranks, in the bracket [theta's rank, start_bad_bound): each exact evaluation of
+// f (two table queries, the expensive part of a start) also places the next probe. P(R) =
+// f(v(R)) <= k is monotone in the rank, so the result is the same largest good rank as
+// init_lane's, and with it the same state. evals (optional) counts the evaluations of f.
+template <class K, class CntT>
+BSK_SEL_HD void init_lane_falsi(const K& keys, const TableRow<CntT>& t, int L, int lo, int64_t k,
+                                int64_t one, Lane& ln, int* evals = nullptr) {
+  if (k <= 0) {  // tau is the largest alive score: no search
+    init_lane(keys, t, L, lo, k, one, ln);
+    return;
+  }
+  const int n = keys.n;
+  ln = Lane();
+  ln.lo = lo;
+  ln.done = false;
+  SweepState& st = ln.st;
+  st.L = L;
+  const int r0 = table_select(keys, t, L, k);
+  seek(keys, st.th, r0, L);
+  int r1_lo = 0;  // #{u >= x + 1} at the good end: a lower bound for every x below it
+  // f at the score of rank R, in fixed units; r1 = #{u >= v(R) + 1}.
+  auto eval = [&](int R, int& r1) {
+    const int64_t x = keys.v(R);
+    const int r2 = R > 0 && keys.v(R - 1) == x ? first_lt(keys, x + 1, 0, R) : R;  // #{u > x}
+    r1 = first_lt(keys, x + one, r1_lo < r2 ? r1_lo : r2, r2);
+    int a1, a2;
+    int64_t s1, s2;
+    table_q(keys, t, L, r1, a1, s1);
+    table_q(keys, t, L, r2, a2, s2);
+    if (evals) ++*evals;
+    return static_cast<int64_t>(a1) * one + (s2 - s1) - x * static_cast<int64_t>(a2 - a1);
+  };
+  const int64_t kk = k * one;
+  int good = r0, bad = start_bad_bound(keys, r0, L, one);
+  int r1;
+  int64_t fg = 0, fb = 0;
+  if (bad - good > 1) {
+    fg = eval(good, r1);
+    r1_lo = r1;
+    if (bad < n) fb = eval(bad, r1);
+  }
+  double wg = 1.0, wb = 1.0;  // Illinois weights: halved for an end kept twice in a row
+  int last = 0;               // +1: the last probe moved the good end, -1: the bad end
+  while (bad - good > 1) {
+    int R = (good + bad) >> 1;
+    if (bad < n) {
+      const int64_t xg = keys.v(good), xb = keys.v(bad);
+      const double dg = static_cast<double>(kk - fg) * wg, db = static_cast<double>(fb - kk) * wb;
+      const double guess =
+          static_cast<double>(xg) - static_cast<double>(xg - xb) * (dg / (dg + db));
+      // The largest rank in (good, bad) whose score is >= guess.
+      const int64_t y = guess >= static_cast<double>(xg)   ? xg
+                        : guess <= static_cast<double>(xb) ? xb + 1
+                                                           : static_cast<int64_t>(guess);
+      R = first_lt(keys, y, good + 1, bad) - 1;
+      R = R <= good ? good + 1 : (R >= bad ? bad - 1 : R);
+    }
+    const int64_t f = eval(R, r1);
+    if (f <= kk) {
+      good = R, fg = f, r1_lo = r1;
+      wg = 1.0;
+      if (last > 0) wb *= 0.5;
+      last = 1;
+    } else {
+      bad = R, fb = f;
+      wb = 1.0;
+      if (last < 0) wg *= 0.5;
+      last = -1;
+    }
+  }
+  start_partition(keys, t, L, good, r1_lo, one, st);
 }
 
 // ---------------------------------------------------------------------------------------------
