@@ -286,7 +286,15 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const int n = a.n;
   const int64_t k = a.k;
+#if defined(BSK_SELECT_CUT_CUBIC)
+  // Candidate (docs/kernel_notes.md, eighth session; not yet measured): the chunk cut from
+  // sc::chunk_cost's cubic log with 6 k ln L.
+  sc::RowPlan plan = sc::make_plan(n, a.sq, k, a.window, fnf);
+  plan.cost_weight = 6;
+  plan.cost_cubic = true;
+#else
   const sc::RowPlan plan = sc::make_plan(n, a.sq, k, a.window, fnf);
+#endif
   const sc::Fixed& fx = keys.fx;
   const int wdlog = a.wdlog;
   const int tw = ((n + (1 << wdlog) - 1) >> wdlog) - 1;  // table entries per chunk
@@ -345,8 +353,14 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     row.sum = tsum + g * tw;
     row.wdlog = wdlog;
     row.nw = tw + 1;
+#if defined(BSK_SELECT_FALSI)
+    // Candidate (eighth session; not yet measured): T0 by regula falsi, the same state.
+    sc::init_lane_falsi(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1,
+                        k, fx.one, ln);
+#else
     sc::init_lane(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1, k,
                   fx.one, ln);
+#endif
     th_start = ln.st.th.p;
   }
   __syncthreads();  // the table is dead from here on (d and ubuf may alias it)
