@@ -241,6 +241,29 @@ __device__ __forceinline__ void write_row(const KArgs& a, int bh, int64_t i, con
   a.n_active[at] = o.n_active;
 }
 
+#if defined(BSK_SELECT_COLSCAN)
+// Candidate (docs/kernel_notes.md, eighth session; not yet measured): the suffix over chunks with
+// one thread per word column walking the chunks serially, so that a warp's loads of one chunk row
+// are contiguous. scan_lines gives each column to a warp, whose lanes then read entries a table
+// row apart (the global path's column pass: 572 K of its table phase's 1.6 M cycles).
+template <class CntT>
+__device__ void suffix_columns(CntT* cnt, int64_t* sum, int ncols, int nrows, int tid,
+                               int nthreads) {
+  for (int w = tid; w < ncols; w += nthreads) {
+    int c = 0;
+    int64_t s = 0;
+#pragma unroll 8
+    for (int r = nrows - 1; r >= 0; --r) {
+      const int e = r * ncols + w;
+      c += static_cast<int>(cnt[e]);
+      s += sum[e];
+      cnt[e] = static_cast<CntT>(c);
+      sum[e] = s;
+    }
+  }
+}
+#endif
+
 // Inclusive scans of the table lines: line l has `len` entries at l * lstride + i * estride,
 // scanned in order of increasing i (reverse: decreasing i). One warp per line.
 template <class CntT>
@@ -329,7 +352,11 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     __syncthreads();
     // Suffix over chunks (per word column), then prefix over words (per chunk): each line is
     // scanned by one warp (lane-serial runs + a shuffle scan), so long lines cost no serial chain.
+#if defined(BSK_SELECT_COLSCAN)
+    suffix_columns(tcnt, tsum, tw, nc, tid, static_cast<int>(blockDim.x));
+#else
     scan_lines(tcnt, tsum, tw, nc, 1, tw, true, warp, nwarps, lane);
+#endif
     __syncthreads();
     scan_lines(tcnt, tsum, nc, tw, tw, 1, false, warp, nwarps, lane);
     __syncthreads();
