@@ -748,15 +748,20 @@ BSK_SEL_HD void start_partition(const K& keys, const TableRow<CntT>& t, int L, i
   seek(keys, st.p3, r3, L);
 }
 
+// A lane about to start its chunk at prefix length L (rows down to lo): its state, cleared.
+BSK_SEL_HD SweepState& reset_lane(Lane& ln, int L, int lo) {
+  ln = Lane();
+  ln.lo = lo;
+  ln.done = false;
+  ln.st.L = L;
+  return ln.st;
+}
+
 template <class K, class CntT>
 BSK_SEL_HD void init_lane(const K& keys, const TableRow<CntT>& t, int L, int lo, int64_t k,
                           int64_t one, Lane& ln) {
   const int n = keys.n;
-  ln = Lane();
-  ln.lo = lo;
-  ln.done = false;
-  SweepState& st = ln.st;
-  st.L = L;
+  SweepState& st = reset_lane(ln, L, lo);
   int r0;
   if (k > 0) {
     r0 = table_select(keys, t, L, k);
@@ -812,11 +817,7 @@ BSK_SEL_HD void init_lane_falsi(const K& keys, const TableRow<CntT>& t, int L, i
     return;
   }
   const int n = keys.n;
-  ln = Lane();
-  ln.lo = lo;
-  ln.done = false;
-  SweepState& st = ln.st;
-  st.L = L;
+  SweepState& st = reset_lane(ln, L, lo);
   const int r0 = table_select(keys, t, L, k);
   seek(keys, st.th, r0, L);
   int r1_lo = 0;  // #{u >= x + 1} at the good end: a lower bound for every x below it
