@@ -221,9 +221,9 @@ def is_selection_kernel(name: str) -> bool:
             or "SegmentedRadixSort" in name)
 
 
-def selection_split(torch, fn, reps: int = 3):
-    """(selection kernels' ms, all kernels' ms) per call of ``fn``, from torch.profiler's CUDA
-    kernel times over ``reps`` calls (after the timing, so that it never perturbs it)."""
+def selection_ms(torch, fn, reps: int = 3) -> float:
+    """The selection kernels' ms per call of ``fn``, from torch.profiler's CUDA kernel times
+    over ``reps`` calls (after the timing, so that it never perturbs it)."""
     from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize()
@@ -231,15 +231,11 @@ def selection_split(torch, fn, reps: int = 3):
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
-    sel = tot = 0.0
+    sel = 0.0
     for ev in prof.key_averages():
-        if ev.device_type.name != "CUDA":
-            continue
-        us = getattr(ev, "device_time_total", None) or ev.cuda_time_total
-        tot += us
-        if is_selection_kernel(ev.key):
-            sel += us
-    return sel / reps / 1e3, tot / reps / 1e3
+        if ev.device_type.name == "CUDA" and is_selection_kernel(ev.key):
+            sel += getattr(ev, "device_time_total", None) or ev.cuda_time_total
+    return sel / reps / 1e3
 
 
 def measure_ceilings(torch, quick: bool) -> dict:
@@ -489,10 +485,10 @@ def run_impl(torch, st: WorkloadState, impl: str, ctx: dict, budget_end: float) 
             if impl == "bsk_sparsek" and DEVICE == "cuda":
                 # What the selection costs (issue: under 10% of the call at the seed shape).
                 try:
-                    sel_ms, _ = selection_split(torch, timed_fn)
-                    extra.update(selection_ms=sel_ms, selection_share=sel_ms / ms)
-                    split = (f"selection kernels {sel_ms:.3g} ms, {100 * sel_ms / ms:.0f}% of "
-                             "the call (torch.profiler, 3 calls)")
+                    sel = selection_ms(torch, timed_fn)
+                    extra.update(selection_ms=sel, selection_share=sel / ms)
+                    split = (f"selection kernels {sel:.3g} ms, {100 * sel / ms:.0f}% of the "
+                             "call (torch.profiler, 3 calls)")
                 except Exception as e:  # noqa: BLE001 - the split is extra, the row stands
                     split = f"selection split unavailable: {type(e).__name__}: {e}"[:200]
                 extra["note"] = "; ".join(x for x in (extra.get("note"), split) if x)

@@ -53,6 +53,11 @@ std::size_t align_up(std::size_t x) {
 char* align_ptr(void* p) {
   return reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p) + kAlign - 1) / kAlign * kAlign);
 }
+// The selection's scratch as the caller provides it: the kernels' bytes plus that slack.
+std::size_t select_scratch_bytes(const kernels::SelectParams& p) {
+  const std::size_t bytes = kernels::select_workspace_bytes(p);
+  return bytes > 0 ? bytes + kAlign : 0;
+}
 #endif
 
 // Device scratch of the SparseK forward: the selection summaries, the per-tile unions and the
@@ -172,9 +177,8 @@ std::size_t sparsek_select_workspace_size(const SparseKSelectArgs& a) {
   SelectDims d = check_select_inputs(c, a);
   if (a.scores.device != Device::kCUDA || d.B == 0 || d.Hkv == 0 || a.seqlen_q == 0) return 0;
 #if defined(BSK_WITH_CUDA)
-  const std::size_t bytes = kernels::select_workspace_bytes(
+  return select_scratch_bytes(
       select_params(a.scores, d.B, d.Sk, d.Hkv, a.seqlen_q, a.k_select, a.window));
-  return bytes > 0 ? bytes + kAlign : 0;
 #else
   return 0;
 #endif
@@ -214,10 +218,10 @@ void sparsek_select(const SparseKSelectArgs& a) {
   p.theta_idx = static_cast<int32_t*>(a.theta_idx.data);
   p.n_active = static_cast<int32_t*>(a.n_active.data);
   p.stream = a.stream;
-  const std::size_t bytes = kernels::select_workspace_bytes(p);
-  const Scratch scratch(c, "sparsek_select", a.workspace, a.workspace_bytes,
-                        bytes > 0 ? bytes + kAlign : 0, static_cast<cudaStream_t>(a.stream));
-  p.workspace = bytes > 0 ? align_ptr(scratch.get()) : nullptr;
+  const std::size_t need = select_scratch_bytes(p);
+  const Scratch scratch(c, "sparsek_select", a.workspace, a.workspace_bytes, need,
+                        static_cast<cudaStream_t>(a.stream));
+  p.workspace = need > 0 ? align_ptr(scratch.get()) : nullptr;
   kernels::sparsek_select(p);
 #else
   kernels::sparsek_select(kernels::SelectParams{});

@@ -706,17 +706,23 @@ BSK_SEL_HD void tick(const K& keys, Lane& ln, int64_t k, const Fixed& fx, Emit&&
 // the last breakpoints down to tau. For k == 0 tau is the largest alive score.
 // ---------------------------------------------------------------------------------------------
 template <class K, class CntT>
-BSK_SEL_HD bool f_le_k(const K& keys, const TableRow<CntT>& t, int L, int64_t x, int64_t k,
-                       int64_t one, int& r1_lo, int r1_hi, int r2) {
-  // f(x) = #{u >= x + 1} + sum_{x < u < x + 1} (u - x), in units of 1/one; r2 = #{u > x}.
+BSK_SEL_HD int64_t f_at(const K& keys, const TableRow<CntT>& t, int L, int64_t x, int64_t one,
+                        int& r1_lo, int r1_hi, int r2) {
+  // f(x) = #{u >= x + 1} + sum_{x < u < x + 1} (u - x), in units of 1/one; r2 = #{u > x}. On
+  // return r1_lo = #{u >= x + 1}.
   const int r1 = first_lt(keys, x + one, r1_lo, r1_hi);  // ranks < r1: u >= x + 1
   int a1, a2;
   int64_t s1, s2;
   table_q(keys, t, L, r1, a1, s1);
   table_q(keys, t, L, r2, a2, s2);
-  const int64_t f = static_cast<int64_t>(a1) * one + (s2 - s1) - x * static_cast<int64_t>(a2 - a1);
   r1_lo = r1;
-  return f <= k * one;
+  return static_cast<int64_t>(a1) * one + (s2 - s1) - x * static_cast<int64_t>(a2 - a1);
+}
+
+template <class K, class CntT>
+BSK_SEL_HD bool f_le_k(const K& keys, const TableRow<CntT>& t, int L, int64_t x, int64_t k,
+                       int64_t one, int& r1_lo, int r1_hi, int r2) {
+  return f_at(keys, t, L, x, one, r1_lo, r1_hi, r2) <= k * one;
 }
 
 // The exact partition at T0 = v(good) (the smallest score >= tau) for a chunk start; r1_lo: a
@@ -825,13 +831,9 @@ BSK_SEL_HD void init_lane_falsi(const K& keys, const TableRow<CntT>& t, int L, i
   auto eval = [&](int R, int& r1) {
     const int64_t x = keys.v(R);
     const int r2 = R > 0 && keys.v(R - 1) == x ? first_lt(keys, x + 1, 0, R) : R;  // #{u > x}
-    r1 = first_lt(keys, x + one, r1_lo < r2 ? r1_lo : r2, r2);
-    int a1, a2;
-    int64_t s1, s2;
-    table_q(keys, t, L, r1, a1, s1);
-    table_q(keys, t, L, r2, a2, s2);
+    r1 = r1_lo < r2 ? r1_lo : r2;
     if (evals) ++*evals;
-    return static_cast<int64_t>(a1) * one + (s2 - s1) - x * static_cast<int64_t>(a2 - a1);
+    return f_at(keys, t, L, x, one, r1, r2, r2);
   };
   const int64_t kk = k * one;
   int good = r0, bad = start_bad_bound(keys, r0, L, one);
