@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU call: the selection kernel's build-flag candidates against the default build.
-#   scripts/select_variants.sh OUTDIR ["FLAGS ..."]
+#   scripts/select_variants.sh OUTDIR "FLAGS ..."
 # Builds two lean trees (/tmp/bsk_sel_base, /tmp/bsk_sel_cand: the default and the given
-# CMAKE_CUDA_FLAGS, default "-DBSK_SELECT_CUT_CUBIC -DBSK_SELECT_FALSI -DBSK_SELECT_COLSCAN"), runs
+# CMAKE_CUDA_FLAGS, e.g. a candidate's -DBSK_SELECT_<NAME> guard), runs
 # the GPU selection tests (GoogleTest SelectGpu.*, the selection and SparseK kernel tests of
 # tests/python/test_kernels_gpu.py that the lean fp16/D=128 build can run) on the candidate, then
 # times both builds, interleaved, at the seed shape and at S = 16384 / 65536
@@ -10,8 +10,8 @@
 # BSK_SELECT_PROFILE. Logs and results go to OUTDIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: scripts/select_variants.sh OUTDIR [FLAGS]}
-FLAGS=${2:-"-DBSK_SELECT_CUT_CUBIC -DBSK_SELECT_FALSI -DBSK_SELECT_COLSCAN"}
+OUT=${1:?usage: scripts/select_variants.sh OUTDIR FLAGS}
+FLAGS=${2:?usage: scripts/select_variants.sh OUTDIR FLAGS (CUDA flags of the candidate build)}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 t0=$(date +%s)

@@ -241,11 +241,10 @@ __device__ __forceinline__ void write_row(const KArgs& a, int bh, int64_t i, con
   a.n_active[at] = o.n_active;
 }
 
-#if defined(BSK_SELECT_COLSCAN)
-// Candidate (docs/kernel_notes.md, eighth session; not yet measured): the suffix over chunks with
-// one thread per word column walking the chunks serially, so that a warp's loads of one chunk row
-// are contiguous. scan_lines gives each column to a warp, whose lanes then read entries a table
-// row apart (the global path's column pass: 572 K of its table phase's 1.6 M cycles).
+// The suffix over chunks: one thread per word column walking the chunks serially, so that a warp's
+// loads of one chunk row are contiguous. With a warp per column, as scan_lines does the words, the
+// lanes read entries a table row apart: that pass was 572 K of the global path's 1.61 M table
+// cycles at S = 65536; the table phase is 1.31 M with this one and the cubic cut.
 template <class CntT>
 __device__ void suffix_columns(CntT* cnt, int64_t* sum, int ncols, int nrows, int tid,
                                int nthreads) {
@@ -262,17 +261,16 @@ __device__ void suffix_columns(CntT* cnt, int64_t* sum, int ncols, int nrows, in
     }
   }
 }
-#endif
 
 // Inclusive scans of the table lines: line l has `len` entries at l * lstride + i * estride,
-// scanned in order of increasing i (reverse: decreasing i). One warp per line.
+// scanned in order of increasing i. One warp per line.
 template <class CntT>
 __device__ __noinline__ void scan_lines(CntT* cnt, int64_t* sum, int nlines, int len, int lstride,
-                                        int estride, bool reverse, int warp, int nwarps, int lane) {
+                                        int estride, int warp, int nwarps, int lane) {
   const int per = (len + 31) >> 5;
   const int q0 = min(lane * per, len), q1 = min(q0 + per, len);
   for (int l = warp; l < nlines; l += nwarps) {
-    auto at = [&](int q) { return l * lstride + (reverse ? len - 1 - q : q) * estride; };
+    auto at = [&](int q) { return l * lstride + q * estride; };
     int ac = 0;
     int64_t as = 0;
     for (int q = q0; q < q1; ++q) {
@@ -309,15 +307,11 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const int n = a.n;
   const int64_t k = a.k;
-#if defined(BSK_SELECT_CUT_CUBIC)
-  // Candidate (docs/kernel_notes.md, eighth session; not yet measured): the chunk cut from
-  // sc::chunk_cost's cubic log with 6 k ln L.
+  // The chunk cut from sc::chunk_cost's cubic log with 6 k ln L: its slowest chunk is ~23% shorter
+  // at S = 65536 than with the octave-linear log and 4 k ln L (tools/select_sweep_sim.cpp).
   sc::RowPlan plan = sc::make_plan(n, a.sq, k, a.window, fnf);
   plan.cost_weight = 6;
   plan.cost_cubic = true;
-#else
-  const sc::RowPlan plan = sc::make_plan(n, a.sq, k, a.window, fnf);
-#endif
   const sc::Fixed& fx = keys.fx;
   const int wdlog = a.wdlog;
   const int tw = ((n + (1 << wdlog) - 1) >> wdlog) - 1;  // table entries per chunk
@@ -352,13 +346,9 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     __syncthreads();
     // Suffix over chunks (per word column), then prefix over words (per chunk): each line is
     // scanned by one warp (lane-serial runs + a shuffle scan), so long lines cost no serial chain.
-#if defined(BSK_SELECT_COLSCAN)
     suffix_columns(tcnt, tsum, tw, nc, tid, static_cast<int>(blockDim.x));
-#else
-    scan_lines(tcnt, tsum, tw, nc, 1, tw, true, warp, nwarps, lane);
-#endif
     __syncthreads();
-    scan_lines(tcnt, tsum, nc, tw, tw, 1, false, warp, nwarps, lane);
+    scan_lines(tcnt, tsum, nc, tw, tw, 1, warp, nwarps, lane);
     __syncthreads();
   }
 
@@ -380,14 +370,10 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     row.sum = tsum + g * tw;
     row.wdlog = wdlog;
     row.nw = tw + 1;
-#if defined(BSK_SELECT_FALSI)
-    // Candidate (eighth session; not yet measured): T0 by regula falsi, the same state.
+    // T0 by regula falsi in [theta's rank, start_bad_bound): the same state as init_lane's
+    // bisection, in ~7 instead of ~12 evaluations of f at the seed shape.
     sc::init_lane_falsi(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1,
                         k, fx.one, ln);
-#else
-    sc::init_lane(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1, k,
-                  fx.one, ln);
-#endif
     th_start = ln.st.th.p;
   }
   __syncthreads();  // the table is dead from here on (d and ubuf may alias it)
