@@ -28,7 +28,17 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from workloads import Workload, attention_flops, impl_keys_total, io_bytes
 
 SCHEMA_VERSION = 1
-RTOL, ATOL = 1e-3, 2e-3
+# Correctness tolerances per dtype (rtol, atol): about the dtype's machine epsilon and twice it,
+# so that an output rounded to the dtype passes and a wrong one does not (bfloat16's epsilon is 8x
+# float16's: its rounding alone exceeds the float16 bound).
+TOLERANCES = {"float16": (1e-3, 2e-3), "bfloat16": (8e-3, 1.6e-2)}
+
+
+def tolerance(dtype: str) -> Tuple[float, float]:
+    """(rtol, atol) of the correctness check for outputs of ``dtype``."""
+    if dtype not in TOLERANCES:
+        raise ValueError(f"tolerance: dtype must be one of {sorted(TOLERANCES)}, got {dtype!r}")
+    return TOLERANCES[dtype]
 
 # (name, threshold in µs/head, inclusive): Tier 1 <= 3.820, Tier 2 < 3.0, Tier 3 < 2.0
 TIERS: Tuple[Tuple[str, float, bool], ...] = (("Tier 1", 3.820, True), ("Tier 2", 3.0, False),
@@ -447,7 +457,8 @@ def render_markdown(doc: dict) -> str:
         "of the same storage); SparseK scores = randn + a position slope (float32 "
         "[B, Sk, Hkv]). µs/head = median ms * 1000 / H. TFLOP/s on useful FLOPs "
         "(4·B·H·Σrows keys attended·D; causal and SparseK counted exactly). TB/s = q,k,v,o "
-        "bytes / time. Correctness: torch.allclose(out, ref, rtol=1e-3, atol=2e-3) against "
+        "bytes / time. Correctness: torch.allclose(out, ref, rtol, atol) with (rtol, atol) = "
+        + ", ".join(f"{v} for {k}" for k, v in TOLERANCES.items()) + " against "
         "a float32 reference on a sample (first 2 batches x first 2 query heads"
         f"{', last ' + str(cfg.get('ref_rows')) + ' query rows' if cfg.get('ref_rows') else ''}"
         "); SparseK reference: blackwell_sparsek.reference.sparsek_attention_ref.")

@@ -456,7 +456,8 @@ def run_impl(torch, st: WorkloadState, impl: str, ctx: dict, budget_end: float) 
         ref, why = reference_for(st, impl)
         if ref is not None:
             try:
-                extra.update(P.compare(out, ref, st.spec))
+                rtol, atol = R.tolerance(w.shape.dtype)
+                extra.update(P.compare(out, ref, st.spec, rtol=rtol, atol=atol))
             except Exception as e:  # a layout surprise must not cost the timing
                 extra["check"] = f"compare failed: {type(e).__name__}: {e}"[:300]
         else:
@@ -831,7 +832,7 @@ def main(argv=None) -> int:
                                     max_row_seconds=args.max_row_seconds,
                                     time_budget_s=args.time_budget, flush_l2=args.flush_l2,
                                     ref_rows=args.ref_rows, dtype=args.dtype, seed=args.seed,
-                                    rtol=R.RTOL, atol=R.ATOL),
+                                    tolerances=R.TOLERANCES),
                ceilings={}, floors={}, results=[], notes=list(STATIC_NOTES),
                partial="run in progress")
     paths = {}

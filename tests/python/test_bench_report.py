@@ -646,6 +646,26 @@ def test_dense_reference_and_masked_reference():
     assert torch.allclose(sref, got, atol=1e-5)
 
 
+def test_tolerance_per_dtype():
+    # An output that is the float32 reference rounded to the dtype passes that dtype's check; the
+    # same output with one element off by 4x the dtype's epsilon does not. bfloat16's rounding alone
+    # fails the float16 bound (the 0.00708 error of every causal bfloat16 row, SDPA's included).
+    g = torch.Generator().manual_seed(3)
+    shape = W.Shape(2, 2, 2, 64, 64, 32, "float32")
+    spec = P.sample_spec(shape, 2, 2, 64)
+    ref = torch.randn(2, 64, 2, 32, generator=g) * 3
+    for dtype, tdt in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+        rtol, atol = R.tolerance(dtype)
+        out = ref.to(tdt)
+        assert P.compare(out, ref, spec, rtol=rtol, atol=atol)["allclose"]
+        bad = out.float().clone()
+        bad[1, 7, 1, 5] += 4 * torch.finfo(tdt).eps * (1 + bad[1, 7, 1, 5].abs())
+        assert not P.compare(bad, ref, spec, rtol=rtol, atol=atol)["allclose"]
+    assert not P.compare(ref.to(torch.bfloat16), ref, spec, *R.tolerance("float16"))["allclose"]
+    with pytest.raises(ValueError, match="dtype"):
+        R.tolerance("float32")
+
+
 def test_sample_spec():
     assert P.sample_spec(SEED_SHAPE, 2, 2, 4096) == (2, 2, 2, 0)
     assert P.sample_spec(W.Shape(4, 96, 8, 16384, 16384, 128), 2, 2, 4096) == (2, 2, 1, 12288)
