@@ -55,7 +55,7 @@ for v in baseprof candprof; do
   for shape in "--slope 0.000244140625" "--B 1 --S 65536 --slope 0.0000152587890625"; do
     echo "== $v $shape"
     PYTHONPATH=/tmp/bsk_sel_$v/pkg:$PWD/bench timeout 120 $PY $TK $shape 2>&1 |
-      grep 'select profile' | sed -n '3p'
+      grep 'select profile' | sed -n '5,6p'
   done
 done 2>&1 | tee "$OUT/phases.txt"
 echo "total $(( $(date +%s) - t0 )) s"

@@ -33,6 +33,9 @@ struct Stats {
   // Exact evaluations of f per chunk start: init_lane's bisection over [theta's rank, n), the
   // same over [theta's rank, start_bad_bound), init_lane_falsi.
   double evals_bisect = 0, evals_bracket = 0, evals_newton = 0;
+  // The same, as the mean over warps of each warp's largest count: the lanes of a warp run their
+  // starts in step, so a warp's start phase lasts as long as its slowest lane's search.
+  double wmax_bisect = 0, wmax_newton = 0;
 };
 
 // One head, cut with sc::chunk_cost(weight, cubic).
@@ -50,6 +53,7 @@ Stats simulate(const std::vector<float>& u, int64_t k, int64_t window, int chunk
   if (used == 0) return st;
   const bsk_select_host::Table t = build_table(keys, bound.data(), used, wdlog);
   std::vector<long> ticks(used);
+  std::vector<int> ev_b(used), ev_n(used);
   for (int c = 0; c < used; ++c) {
     sc::Lane ln, ln2;
     sc::init_lane(keys, row_of(t, c), static_cast<int>(bound[c]),
@@ -62,7 +66,9 @@ Stats simulate(const std::vector<float>& u, int64_t k, int64_t window, int chunk
       std::exit(1);
     }
     st.evals_newton += ev;
-    for (int w = n - ln.st.th.p; w > 1; w = (w + 1) / 2) st.evals_bisect += 1;
+    ev_n[c] = ev;
+    for (int w = n - ln.st.th.p; w > 1; w = (w + 1) / 2) ++ev_b[c];
+    st.evals_bisect += ev_b[c];
     const int bb = sc::start_bad_bound(keys, ln.st.th.p, static_cast<int>(bound[c]), s.fx.one);
     for (int w = bb - ln.st.th.p; w > 1; w = (w + 1) / 2) st.evals_bracket += 1;
     long count = 0;
@@ -78,6 +84,13 @@ Stats simulate(const std::vector<float>& u, int64_t k, int64_t window, int chunk
     st.warp_max +=
         *std::max_element(ticks.begin() + 32 * w, ticks.begin() + std::min(used, 32 * w + 32));
   st.warp_max /= warps;
+  for (int w = 0; w < warps; ++w) {
+    const int a = 32 * w, b = std::min(used, 32 * w + 32);
+    st.wmax_bisect += *std::max_element(ev_b.begin() + a, ev_b.begin() + b);
+    st.wmax_newton += *std::max_element(ev_n.begin() + a, ev_n.begin() + b);
+  }
+  st.wmax_bisect /= warps;
+  st.wmax_newton /= warps;
   st.max = static_cast<double>(*std::max_element(ticks.begin(), ticks.end()));
   for (long x : ticks) st.mean += static_cast<double>(x);
   st.mean /= used;
@@ -120,6 +133,8 @@ int main(int argc, char** argv) {
       sum.evals_bisect += st.evals_bisect / heads;
       sum.evals_newton += st.evals_newton / heads;
       sum.evals_bracket += st.evals_bracket / heads;
+      sum.wmax_bisect += st.wmax_bisect / heads;
+      sum.wmax_newton += st.wmax_newton / heads;
     }
     char name[40];
     std::snprintf(name, sizeof name, "%s log, %lld k ln L", m.cubic ? "cubic" : "linear",
@@ -128,8 +143,10 @@ int main(int argc, char** argv) {
     if (m.weight == 4 && !m.cubic)
       std::printf(
           "  chunk starts, exact evaluations of f: %.2f bisection (init_lane), %.2f bisection "
-          "in [theta, start_bad_bound), %.2f regula falsi (init_lane_falsi)\n",
-          sum.evals_bisect, sum.evals_bracket, sum.evals_newton);
+          "in [theta, start_bad_bound), %.2f regula falsi (init_lane_falsi); per warp, its "
+          "slowest lane: %.2f bisection, %.2f regula falsi\n",
+          sum.evals_bisect, sum.evals_bracket, sum.evals_newton, sum.wmax_bisect,
+          sum.wmax_newton);
   }
   return 0;
 }

@@ -78,15 +78,24 @@ constexpr int kGTableWdlog = 7;            // its words: 128 ranks
 
 #if defined(BSK_SELECT_PROFILE)
 // Development aid: per-CTA clock64 at phase boundaries; sparsek_select prints the median cycles
-// of each phase over the launch's CTAs to stderr (print_profile).
-__device__ long long g_sel_prof[4096 * 8];
-#define SEL_PROF(slot)                                                                          \
-  do {                                                                                          \
-    if (threadIdx.x == 0 && blockIdx.x < 4096) g_sel_prof[blockIdx.x * 8 + (slot)] = clock64(); \
+// of each phase over the launch's CTAs to stderr (print_profile). Slots per CTA: 0-5 the phase
+// boundaries, 6 warp 0's sweep ticks, 7-10 thread 0 inside the starts phase (after the trivial
+// rows, once theta and the bracket are known, after the search for T0, after the partition),
+// 11 thread 0's evaluations of f.
+constexpr int kProfSlots = 16;
+__device__ long long g_sel_prof[4096 * kProfSlots];
+#define SEL_PROF_AT(slot, value)                                                    \
+  do {                                                                              \
+    if (threadIdx.x == 0 && blockIdx.x < 4096)                                      \
+      g_sel_prof[blockIdx.x * kProfSlots + (slot)] = static_cast<long long>(value); \
   } while (0)
+#define SEL_PROF(slot) SEL_PROF_AT(slot, clock64())
 #else
 #define SEL_PROF(slot) \
   do {                 \
+  } while (0)
+#define SEL_PROF_AT(slot, value) \
+  do {                           \
   } while (0)
 #endif
 constexpr int kMaxSmemN = 16384;          // the largest Sk sorted in shared memory
@@ -360,6 +369,8 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     if (kind == 0) write_row(a, bh, i, sc::trivial_row());
     if (kind == 1) write_row(a, bh, i, sc::nan_row());
   }
+  SEL_PROF(7);
+  for (int slot = 8; slot < 12; ++slot) SEL_PROF_AT(slot, 0);  // stays 0 unless thread 0 starts
   sc::Lane ln;  // done unless started
   int th_start = -1;
   const int g = tid;  // chunk index of this lane
@@ -372,8 +383,17 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     row.nw = tw + 1;
     // T0 by regula falsi in [theta's rank, start_bad_bound): the same state as init_lane's
     // bisection, in ~7 instead of ~12 evaluations of f at the seed shape.
+#if defined(BSK_SELECT_PROFILE)
+    int evals = 0;
+    auto mark = [](int i) { SEL_PROF(8 + i); };
+    sc::init_lane_falsi(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1,
+                        k, fx.one, ln, &evals, mark);
+    SEL_PROF(10);
+    SEL_PROF_AT(11, evals);
+#else
     sc::init_lane_falsi(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1,
                         k, fx.one, ln);
+#endif
     th_start = ln.st.th.p;
   }
   __syncthreads();  // the table is dead from here on (d and ubuf may alias it)
@@ -401,7 +421,7 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
 #endif
     }
 #if defined(BSK_SELECT_PROFILE)
-    if (lane == 0 && warp == 0 && blockIdx.x < 4096) g_sel_prof[blockIdx.x * 8 + 6] = iters;
+    if (lane == 0 && warp == 0) SEL_PROF_AT(6, iters);
 #endif
     if (want_union && active) th_end_s[g] = ln.st.th.p;
   }
@@ -974,22 +994,34 @@ GlobalPlan plan_global(const SelectParams& p) {
 #if defined(BSK_SELECT_PROFILE)
 // Development aid: median cycles per phase over the first CTAs of the last launch (stderr).
 void print_profile(int ctas, cudaStream_t stream) {
-  static long long h[4096 * 8];
+  static long long h[4096 * kProfSlots];
   ctas = std::min(ctas, 4096);
   cudaStreamSynchronize(stream);
-  if (cudaMemcpyFromSymbol(h, g_sel_prof, sizeof(long long) * 8 * ctas) != cudaSuccess) return;
+  if (cudaMemcpyFromSymbol(h, g_sel_prof, sizeof(long long) * kProfSlots * ctas) != cudaSuccess)
+    return;
+  auto median = [&](auto&& value) {  // over the CTAs
+    std::vector<long long> d(ctas);
+    for (int c = 0; c < ctas; ++c) d[c] = value(h + c * kProfSlots);
+    std::sort(d.begin(), d.end());
+    return d[ctas / 2];
+  };
   const char* names[5] = {"load+sort", "table", "starts", "sweep+patch", "unions"};
   std::fprintf(stderr, "[select profile] %d CTAs, median cycles:", ctas);
-  for (int ph = 0; ph < 5; ++ph) {
-    std::vector<long long> d(ctas);
-    for (int c = 0; c < ctas; ++c) d[c] = h[c * 8 + ph + 1] - h[c * 8 + ph];
-    std::sort(d.begin(), d.end());
-    std::fprintf(stderr, " %s %lld", names[ph], d[ctas / 2]);
-  }
-  std::vector<long long> it(ctas);
-  for (int c = 0; c < ctas; ++c) it[c] = h[c * 8 + 6];
-  std::sort(it.begin(), it.end());
-  std::fprintf(stderr, " | sweep ticks (warp 0) %lld\n", it[ctas / 2]);
+  for (int ph = 0; ph < 5; ++ph)
+    std::fprintf(stderr, " %s %lld", names[ph],
+                 median([&](const long long* x) { return x[ph + 1] - x[ph]; }));
+  std::fprintf(stderr, " | sweep ticks (warp 0) %lld\n",
+               median([](const long long* x) { return x[6]; }));
+  // Thread 0 inside the starts phase (0 where its chunk is not computed).
+  std::fprintf(stderr,
+               "[select profile] starts phase, thread 0: trivial rows %lld, theta + bracket %lld, "
+               "search %lld (%lld evaluations of f), partition %lld, barrier wait %lld\n",
+               median([](const long long* x) { return x[7] - x[2]; }),
+               median([](const long long* x) { return x[8] ? x[8] - x[7] : 0; }),
+               median([](const long long* x) { return x[9] ? x[9] - x[8] : 0; }),
+               median([](const long long* x) { return x[11]; }),
+               median([](const long long* x) { return x[10] ? x[10] - x[9] : 0; }),
+               median([](const long long* x) { return x[10] ? x[3] - x[10] : 0; }));
 }
 #endif
 

@@ -810,14 +810,20 @@ BSK_SEL_HD int start_bad_bound(const K& keys, int r0, int L, int64_t one) {
   return first_lt(keys, lbv, r0 + 1, keys.n);
 }
 
+// No-op stage hook of init_lane_falsi (the kernel's profile build passes a clock reader).
+struct NoMark {
+  BSK_SEL_HD void operator()(int) const {}
+};
+
 // init_lane with the search for T0 by regula falsi (Illinois) on the values of f instead of
 // bisecting the ranks, in the bracket [theta's rank, start_bad_bound): each exact evaluation of
 // f (two table queries, the expensive part of a start) also places the next probe. P(R) =
 // f(v(R)) <= k is monotone in the rank, so the result is the same largest good rank as
-// init_lane's, and with it the same state. evals (optional) counts the evaluations of f.
-template <class K, class CntT>
+// init_lane's, and with it the same state. evals (optional) counts the evaluations of f; mark(0)
+// runs once theta and the bracket are known, mark(1) after the search.
+template <class K, class CntT, class Mark = NoMark>
 BSK_SEL_HD void init_lane_falsi(const K& keys, const TableRow<CntT>& t, int L, int lo, int64_t k,
-                                int64_t one, Lane& ln, int* evals = nullptr) {
+                                int64_t one, Lane& ln, int* evals = nullptr, Mark mark = Mark{}) {
   if (k <= 0) {  // tau is the largest alive score: no search
     init_lane(keys, t, L, lo, k, one, ln);
     return;
@@ -839,6 +845,7 @@ BSK_SEL_HD void init_lane_falsi(const K& keys, const TableRow<CntT>& t, int L, i
   int good = r0, bad = start_bad_bound(keys, r0, L, one);
   int r1;
   int64_t fg = 0, fb = 0;
+  mark(0);
   if (bad - good > 1) {
     fg = eval(good, r1);
     r1_lo = r1;
@@ -873,6 +880,7 @@ BSK_SEL_HD void init_lane_falsi(const K& keys, const TableRow<CntT>& t, int L, i
       last = -1;
     }
   }
+  mark(1);
   start_partition(keys, t, L, good, r1_lo, one, st);
 }
 
