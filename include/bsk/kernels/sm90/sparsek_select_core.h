@@ -367,7 +367,7 @@ BSK_SEL_HD void seek(const K& keys, Cursor& c, int p, int L) {
 
 // Alive count and fixed sum over ranks [a, b).
 template <class K>
-BSK_SEL_HD void range_stats(const K& keys, int L, int a, int b, int& cnt, int64_t& sum) {
+BSK_SEL_HD void range_stats_body(const K& keys, int L, int a, int b, int& cnt, int64_t& sum) {
   cnt = 0;
   sum = 0;
   if (a >= b) return;
@@ -380,6 +380,15 @@ BSK_SEL_HD void range_stats(const K& keys, int L, int a, int b, int& cnt, int64_
     const int base = w << 5;
     if (base + 32 <= keys.n) {
       // Whole word in range: independent masked loads (no serial bit loop on the device).
+#if defined(__CUDA_ARCH__) && defined(BSK_SELECT_SUM4)
+      // Candidate (ninth session; not yet measured): four independent 64-bit add chains instead
+      // of one 32 long (each add is an IADD3 + IMAD.X pair on the critical path).
+      int64_t s4[4] = {0, 0, 0, 0};
+#pragma unroll
+      for (int i = 0; i < 32; ++i)
+        if ((m >> i) & 1u) s4[i & 3] += keys.v(base + i);
+      sum += (s4[0] + s4[1]) + (s4[2] + s4[3]);
+#else
       int64_t s = 0;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
@@ -387,6 +396,7 @@ BSK_SEL_HD void range_stats(const K& keys, int L, int a, int b, int& cnt, int64_
       for (int i = 0; i < 32; ++i)
         if ((m >> i) & 1u) s += keys.v(base + i);
       sum += s;
+#endif
     } else {
       while (m) {
         sum += keys.v(base + ctz32(m));
@@ -394,6 +404,34 @@ BSK_SEL_HD void range_stats(const K& keys, int L, int a, int b, int& cnt, int64_
       }
     }
   }
+}
+
+#if defined(__CUDACC__) && defined(BSK_SELECT_RS_CALL)
+// Candidate (ninth session; not yet measured): range_stats as one out-of-line device function.
+// Inlined, its unrolled word loop is copied into every table query's call site (~830 LDS.64 in
+// the 4096-key kernel between the table and the sweep), so the chunk-start code spans ~170 KB of
+// instructions. The keys go by value and the result comes back in registers.
+struct RangeStats {
+  int cnt;
+  int64_t sum;
+};
+template <class K>
+__device__ __noinline__ RangeStats range_stats_call(const K keys, int L, int a, int b) {
+  RangeStats r;
+  range_stats_body(keys, L, a, b, r.cnt, r.sum);
+  return r;
+}
+#endif
+
+template <class K>
+BSK_SEL_HD void range_stats(const K& keys, int L, int a, int b, int& cnt, int64_t& sum) {
+#if defined(__CUDA_ARCH__) && defined(BSK_SELECT_RS_CALL)
+  const RangeStats r = range_stats_call(keys, L, a, b);
+  cnt = r.cnt;
+  sum = r.sum;
+#else
+  range_stats_body(keys, L, a, b, cnt, sum);
+#endif
 }
 
 // Alive count over ranks [a, b).
