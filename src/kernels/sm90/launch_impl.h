@@ -9,9 +9,21 @@ namespace bsk::sm90 {
 template <class Element, int kHeadDim>
 using FwdTraits = AttnTraits<Element, kHeadDim, /*kBlockN=*/128, /*kStages=*/2>;
 
+#if !defined(BSK_DENSE_D64_BLOCKN)
+#define BSK_DENSE_D64_BLOCKN 128
+#endif
+// Dense tiles: D = 64 may take wider KV tiles (BSK_DENSE_D64_BLOCKN, a candidate: at D = 64 a
+// tile's softmax costs as much as at D = 128 against half the GEMM work, so per-tile overheads
+// weigh twice as much; 0.96x cuDNN at 74324d0). SparseK keeps 128 (one metadata key per producer
+// thread).
+template <class Element, int kHeadDim>
+using DenseTraits =
+    AttnTraits<Element, kHeadDim, /*kBlockN=*/kHeadDim == 64 ? BSK_DENSE_D64_BLOCKN : 128,
+               /*kStages=*/2>;
+
 template <class Element, int kHeadDim>
 void run_dense_fwd(const kernels::AttnFwdParams& p) {
-  launch_attention_fwd<FwdTraits<Element, kHeadDim>, DenseMode>(p, p);
+  launch_attention_fwd<DenseTraits<Element, kHeadDim>, DenseMode>(p, p);
 }
 
 template <class Element, int kHeadDim>
