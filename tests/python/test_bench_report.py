@@ -663,7 +663,7 @@ def test_tolerance_per_dtype():
         assert not P.compare(bad, ref, spec, rtol=rtol, atol=atol)["allclose"]
     assert not P.compare(ref.to(torch.bfloat16), ref, spec, *R.tolerance("float16"))["allclose"]
     with pytest.raises(ValueError, match="dtype"):
-        R.tolerance("float32")
+        R.tolerance("int8")
 
 
 def test_sample_spec():
@@ -766,6 +766,20 @@ def test_run_bench_without_gpu_exits_nonzero():
     assert p.returncode == 2
     assert "no CUDA GPU" in p.stdout
     assert "CPU smoke check passed" in p.stdout
+
+
+def test_dry_run_checks_correctness(tmp_path):
+    # The CPU dry run (float32 inputs) goes through the same correctness check as a GPU run: every
+    # row with a reference gets allclose, none a failed comparison (float32 once had no tolerance).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "python"), BENCH]))
+    p = subprocess.run([sys.executable, os.path.join(BENCH, "run_bench.py"), "--_dry-run-cpu",
+                        "--workloads", "seed/dense_causal", "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    (path,) = list(tmp_path.glob("*-dryrun.json"))
+    rows = json.loads(path.read_text())["results"]
+    assert not [r for r in rows if "compare failed" in str(r.get("check"))]
+    assert any(r.get("allclose") is True for r in rows if r["impl"] == "sdpa_default")
 
 
 def test_run_bench_args():
