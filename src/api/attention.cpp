@@ -74,6 +74,13 @@ bool cuda_kernels_available(int device) {
 
 std::string build_info() {
   std::string s = "blackwell_sparsek 0.1.0; kernels: " + kernels::instantiations();
+#if defined(BSK_BUILD_CUDA_FLAGS)
+  const std::string flags = BSK_BUILD_CUDA_FLAGS;
+  s += "; CUDA flags: " + (flags.empty() ? std::string("none") : flags);
+#endif
+#if defined(BSK_ATTN_PROFILE)
+  s += "; attention phase clock (BSK_ATTN_PROFILE) on";
+#endif
   return s;
 }
 

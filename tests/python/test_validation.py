@@ -271,6 +271,8 @@ def test_kernels_available_on_cpu():
         assert bsk.kernels_available() is False
     assert bsk.kernels_available("cpu") is False
     assert isinstance(bsk.build_info(), str)
+    # The build says which CUDA flags its kernels have (a candidate build's -D flags).
+    assert "; CUDA flags: " in bsk.build_info()
     assert _backend.choose("x", torch.device("cpu")) is not None
 
 
