@@ -161,17 +161,17 @@ struct EmuOut {
   std::vector<std::vector<int>> unions;
 };
 
-// cubic_cut: chunk bounds from sc::chunk_cost's cubic log with 6 k ln L (the candidate cut of
-// tools/select_sweep_sim.cpp) instead of the kernel's default.
+// linear_cut: chunk bounds from sc::chunk_cost's octave-linear log with 4 k ln L (the other model
+// of tools/select_sweep_sim.cpp) instead of the kernel's cut, RowPlan's default.
 EmuOut select_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window,
-                      int chunks, int wdlog, int tile_q, bool cubic_cut = false) {
+                      int chunks, int wdlog, int tile_q, bool linear_cut = false) {
   const int n = static_cast<int>(u.size());
   Sorted s = sort_keys(u);
   HostKeys keys = s.keys();
   sc::RowPlan p = sc::make_plan(n, sq, k, window, s.fnf);
-  if (cubic_cut) {
-    p.cost_weight = 6;
-    p.cost_cubic = true;
+  if (linear_cut) {
+    p.cost_weight = 4;
+    p.cost_cubic = false;
   }
   std::vector<int64_t> bound(chunks + 1);
   const int used = sc::chunk_bounds(p, chunks, bound.data());
@@ -232,11 +232,11 @@ std::string case_name(int n, int64_t sq, int64_t k, int64_t w, int chunks, int w
 // Compares the emulated kernel against the brute force. Returns the number of mismatches
 // (reported through gtest, capped).
 int check_case(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window, int chunks,
-               int wdlog, int tile_q, const std::string& dist, bool cubic_cut = false) {
+               int wdlog, int tile_q, const std::string& dist, bool linear_cut = false) {
   const int n = static_cast<int>(u.size());
   const std::string name =
-      case_name(n, sq, k, window, chunks, wdlog, dist) + (cubic_cut ? " cubic cut" : "");
-  EmuOut o = select_emulate(u, sq, k, window, chunks, wdlog, tile_q, cubic_cut);
+      case_name(n, sq, k, window, chunks, wdlog, dist) + (linear_cut ? " linear cut" : "");
+  EmuOut o = select_emulate(u, sq, k, window, chunks, wdlog, tile_q, linear_cut);
   int bad = 0;
   auto fail = [&](const std::string& what) {
     if (bad++ < 5) ADD_FAILURE() << name << ": " << what;
@@ -470,11 +470,11 @@ TEST(SelectCoreHelpers, PlanCoversRows) {
       for (int64_t k : {0, 1, 3, 200}) {
         for (int64_t w : {0, 1, 4, 200}) {
           for (int cut = 0; cut < 4; ++cut) {
-            const int chunks = cut == 0 ? 1 : (cut == 1 ? 3 : 32);  // cut 3: 32, cubic log
+            const int chunks = cut == 0 ? 1 : (cut == 1 ? 3 : 32);  // cut 3: 32, linear log
             sc::RowPlan p = sc::make_plan(n, sq, k, w, n);
-            if (cut == 3) {  // the cubic-log cut of sc::chunk_cost
-              p.cost_weight = 6;
-              p.cost_cubic = true;
+            if (cut == 3) {  // the octave-linear cut of sc::chunk_cost
+              p.cost_weight = 4;
+              p.cost_cubic = false;
             }
             std::vector<int64_t> bound(chunks + 1);
             const int used = sc::chunk_bounds(p, chunks, bound.data());

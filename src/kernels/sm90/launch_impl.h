@@ -6,8 +6,8 @@
 
 namespace bsk::sm90 {
 
-template <class Element, int kHeadDim>
-using FwdTraits = AttnTraits<Element, kHeadDim, /*kBlockN=*/128, /*kStages=*/2>;
+template <class Element, int kHeadDim, int kBlockN = 128>
+using FwdTraits = AttnTraits<Element, kHeadDim, kBlockN, /*kStages=*/2>;
 
 #if !defined(BSK_DENSE_D64_BLOCKN)
 #define BSK_DENSE_D64_BLOCKN 128
@@ -17,9 +17,7 @@ using FwdTraits = AttnTraits<Element, kHeadDim, /*kBlockN=*/128, /*kStages=*/2>;
 // weigh twice as much; 0.96x cuDNN at 74324d0). SparseK keeps 128 (one metadata key per producer
 // thread).
 template <class Element, int kHeadDim>
-using DenseTraits =
-    AttnTraits<Element, kHeadDim, /*kBlockN=*/kHeadDim == 64 ? BSK_DENSE_D64_BLOCKN : 128,
-               /*kStages=*/2>;
+using DenseTraits = FwdTraits<Element, kHeadDim, kHeadDim == 64 ? BSK_DENSE_D64_BLOCKN : 128>;
 
 template <class Element, int kHeadDim>
 void run_dense_fwd(const kernels::AttnFwdParams& p) {

@@ -316,11 +316,7 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const int n = a.n;
   const int64_t k = a.k;
-  // The chunk cut from sc::chunk_cost's cubic log with 6 k ln L: its slowest chunk is ~23% shorter
-  // at S = 65536 than with the octave-linear log and 4 k ln L (tools/select_sweep_sim.cpp).
-  sc::RowPlan plan = sc::make_plan(n, a.sq, k, a.window, fnf);
-  plan.cost_weight = 6;
-  plan.cost_cubic = true;
+  const sc::RowPlan plan = sc::make_plan(n, a.sq, k, a.window, fnf);  // its default chunk cut
   const sc::Fixed& fx = keys.fx;
   const int wdlog = a.wdlog;
   const int tw = ((n + (1 << wdlog) - 1) >> wdlog) - 1;  // table entries per chunk
@@ -353,8 +349,8 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
                 static_cast<unsigned long long>(keys.v(r)));
     }
     __syncthreads();
-    // Suffix over chunks (per word column), then prefix over words (per chunk): each line is
-    // scanned by one warp (lane-serial runs + a shuffle scan), so long lines cost no serial chain.
+    // Suffix over chunks (a thread per word column), then prefix over words (a warp per chunk:
+    // lane-serial runs + a shuffle scan, so long lines cost no serial chain).
     suffix_columns(tcnt, tsum, tw, nc, tid, static_cast<int>(blockDim.x));
     __syncthreads();
     scan_lines(tcnt, tsum, nc, tw, tw, 1, warp, nwarps, lane);
@@ -371,7 +367,7 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
   }
   SEL_PROF(7);
   for (int slot = 8; slot < 12; ++slot) SEL_PROF_AT(slot, 0);  // stays 0 unless thread 0 starts
-  sc::Lane ln;  // done unless started
+  sc::Lane ln;                                                 // done unless started
   int th_start = -1;
   const int g = tid;  // chunk index of this lane
   const bool active = warp < swarps && g < nc;
@@ -382,18 +378,20 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, i
     row.wdlog = wdlog;
     row.nw = tw + 1;
     // T0 by regula falsi in [theta's rank, start_bad_bound): the same state as init_lane's
-    // bisection, in ~7 instead of ~12 evaluations of f at the seed shape.
+    // bisection, in ~7 instead of ~12 evaluations of f at the seed shape. The profile build
+    // counts them and clocks the stages.
 #if defined(BSK_SELECT_PROFILE)
     int evals = 0;
+    int* const count = &evals;
     auto mark = [](int i) { SEL_PROF(8 + i); };
+#else
+    int* const count = nullptr;
+    const sc::NoMark mark;
+#endif
     sc::init_lane_falsi(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1,
-                        k, fx.one, ln, &evals, mark);
+                        k, fx.one, ln, count, mark);
     SEL_PROF(10);
     SEL_PROF_AT(11, evals);
-#else
-    sc::init_lane_falsi(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1,
-                        k, fx.one, ln);
-#endif
     th_start = ln.st.th.p;
   }
   __syncthreads();  // the table is dead from here on (d and ubuf may alias it)

@@ -24,10 +24,11 @@
 //    cursors visit alive keys only (32-rank alive masks), and equal scores move as one group.
 //  * The sweep is a flat state machine (tick): one bounded piece of work per call, so the 32
 //    lanes of a warp, each sweeping its own chunk of rows, stay in step.
-//  * Each chunk starts from scratch (init_lane): theta and prefix statistics Q(R) = (#alive keys
-//    at ranks < R, their sum) come from a small per-chunk table (table_q, table_select); a binary
-//    search over ranks finds the smallest score T0 >= tau, the partition at T0 is set up
-//    exactly, and the ticks walk the last breakpoints down to tau.
+//  * Each chunk starts from scratch (init_lane_falsi): theta and prefix statistics Q(R) = (#alive
+//    keys at ranks < R, their sum) come from a small per-chunk table (table_q, table_select); a
+//    search over ranks (regula falsi on f; init_lane bisects, to the same state) finds the
+//    smallest score T0 >= tau, the partition at T0 is set up exactly, and the ticks walk the last
+//    breakpoints down to tau.
 //  * Exact arithmetic. Scores are converted to 64-bit fixed point (Fixed: u * 2^s truncated, s
 //    chosen per head from max|u| and n so that every product and sum below fits in int64), so
 //    sums are exact and independent of the order keys enter or leave, comparisons against
@@ -181,9 +182,9 @@ struct RowPlan {
   int64_t n = 0, sq = 0, k = 0, window = 0;
   int64_t lbase = 0;  // L(i) = max(0, lbase + i)
   int64_t lrow_min = 0, lrow_max = 0;
-  int64_t fnf = 0;      // first non-finite score index (n if none)
-  int cost_weight = 4;  // the chunk cut's cost model (chunk_cost)
-  bool cost_cubic = false;
+  int64_t fnf = 0;           // first non-finite score index (n if none)
+  int cost_weight = 6;       // the chunk cut's cost model (chunk_cost): 6 k ln L with the cubic
+  bool cost_cubic = true;    // log2 (the kernel's); the simulator and tests also try 4, linear
   int64_t llo = 1, lhi = 0;  // computed rows: L in [llo, lhi] (empty when llo > lhi)
   int64_t ltriv = 0;         // the largest L <= k among the rows (0 if none)
 
@@ -214,13 +215,13 @@ BSK_SEL_HD RowPlan make_plan(int64_t n, int64_t sq, int64_t k, int64_t window, i
 // strictly decreasing while rows remain, so the non-empty chunks are a prefix. The cut balances
 // an estimated sweep cost per row, 1 + w k / L (each boundary crosses about k / L keys per row),
 // i.e. cumulative cost(L) = L + w k ln L, in Q16 integers so that host and device cut identically.
-// ln comes from log2: interpolated linearly within each octave (the default, w = 4; its cost
-// density is off by up to 2x inside an octave), or with cubic: log2(1 + f) on each octave by a
-// cubic (max error 1e-3). On the sweep simulator (tools/select_sweep_sim.cpp) the cubic log with
-// w = 6 makes the slowest chunk, which the sweep waits for, 13-23% shorter from 16384 keys and
-// leaves 4096 about the same (docs/kernel_notes.md, eighth session). The kernel still cuts with
-// the default: the cubic cut has not been measured on a GPU yet.
-BSK_SEL_HD int64_t chunk_cost(int64_t l, int64_t k, int64_t weight = 4, bool cubic = false) {
+// ln comes from log2: interpolated linearly within each octave (its cost density is off by up to
+// 2x inside an octave), or with cubic: log2(1 + f) on each octave by a cubic (max error 1e-3).
+// The cubic log with w = 6 (RowPlan's default, the kernel's cut) makes the slowest chunk, which
+// the sweep waits for, 13-23% shorter than the linear one with w = 4 from 16384 keys on the sweep
+// simulator (tools/select_sweep_sim.cpp); on an H200 the sweep phase at S = 65536 fell by 15%
+// (docs/kernel_notes.md, eighth and ninth sessions).
+BSK_SEL_HD int64_t chunk_cost(int64_t l, int64_t k, int64_t weight, bool cubic) {
   if (l < 1) l = 1;
   const int e = bit_width64(static_cast<uint64_t>(l)) - 1;  // 2^e <= l < 2^(e+1)
   const int64_t f = ((l - (int64_t{1} << e)) << 16) >> e;   // (l - 2^e) / 2^e in Q16
@@ -957,7 +958,7 @@ BSK_SEL_HD void run_chunk(const K& keys, const TableRow<CntT>& t, int hi, int lo
                           const Fixed& fx, Emit&& emit, OnSelect&& on_select, int& th_start,
                           int& th_end) {
   Lane ln;
-  init_lane(keys, t, hi, lo, k, fx.one, ln);
+  init_lane_falsi(keys, t, hi, lo, k, fx.one, ln);  // the kernel's start
   th_start = ln.st.th.p;
   while (!ln.done) tick(keys, ln, k, fx, emit, on_select);
   th_end = ln.st.th.p;
