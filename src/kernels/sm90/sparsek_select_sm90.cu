@@ -156,8 +156,10 @@ struct KArgs {
 // Sorted keys as the core reads them. Shared-memory path (IdxT = u16): the fixed values are
 // stored (val64), and a float value is rebuilt from its fixed value when exact, else re-read from
 // the scores (u + j * s_s). Global path (IdxT = int32): float values, converted on access.
-template <class IdxT>
+// kCall: the table queries' range_stats as one out-of-line function (sc::stats_call).
+template <class IdxT, bool kCall>
 struct DevKeys {
+  static constexpr bool kStatsCall = kCall;
   int n;
   const int64_t* val64;
   const float* val;
@@ -310,9 +312,10 @@ __device__ __noinline__ void scan_lines(CntT* cnt, int64_t* sum, int nlines, int
 
 // Steps 2-5 for one head, given its sorted keys. tcnt/tsum (the table), d (D_j) and ubuf (union
 // buffers, nullable) may alias each other: they are used in separate phases.
-template <class IdxT, class CntT>
-__device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT>& keys, int fnf, CntT* tcnt,
-                            int64_t* tsum, IdxT* d, int32_t* ubuf, int64_t* bound, int* th_end_s) {
+template <class IdxT, bool kCall, class CntT>
+__device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& keys, int fnf,
+                            CntT* tcnt, int64_t* tsum, IdxT* d, int32_t* ubuf, int64_t* bound,
+                            int* th_end_s) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const int n = a.n;
   const int64_t k = a.k;
@@ -657,7 +660,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const
   }
   __syncthreads();
 
-  DevKeys<uint16_t> keys{n, val64, nullptr, ix, ps, fx, u, a.s_s};
+  // range_stats out of line where three or more CTAs share an SM (sc::stats_call).
+  DevKeys<uint16_t, (kMinBlocks >= 3)> keys{n, val64, nullptr, ix, ps, fx, u, a.s_s};
   const int tw = ((n + (1 << a.wdlog) - 1) >> a.wdlog) - 1;
   uint16_t* d = reinterpret_cast<uint16_t*>(region);
   int32_t* ubuf = a.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + a.off_ubuf) : nullptr;
@@ -745,9 +749,9 @@ __global__ void __launch_bounds__(256, 2) select_global_kernel(const KArgs a) {
   atomicMin(&s_fnf, fnf);
   atomicMax(&s_maxabs, maxabs);
   __syncthreads();
-  DevKeys<int32_t> keys{n,  nullptr, reinterpret_cast<const float*>(kbits),
-                        ix, ps,      sc::make_fixed(s_maxabs, n),
-                        u,  a.s_s};
+  DevKeys<int32_t, true> keys{n,  nullptr, reinterpret_cast<const float*>(kbits),
+                              ix, ps,      sc::make_fixed(s_maxabs, n),
+                              u,  a.s_s};
   keys.vec = a.g_vec != 0 && (n & 3) == 0;  // the workspace's segments start 16-byte aligned
   select_head(a, bh, keys, s_fnf, reinterpret_cast<int32_t*>(scratch + a.g_off_tcnt),
               reinterpret_cast<int64_t*>(scratch + a.g_off_tsum),

@@ -47,6 +47,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define BSK_SEL_HD __host__ __device__ __forceinline__
@@ -381,15 +382,6 @@ BSK_SEL_HD void range_stats_body(const K& keys, int L, int a, int b, int& cnt, i
     const int base = w << 5;
     if (base + 32 <= keys.n) {
       // Whole word in range: independent masked loads (no serial bit loop on the device).
-#if defined(__CUDA_ARCH__) && defined(BSK_SELECT_SUM4)
-      // Candidate (ninth session; not yet measured): four independent 64-bit add chains instead
-      // of one 32 long (each add is an IADD3 + IMAD.X pair on the critical path).
-      int64_t s4[4] = {0, 0, 0, 0};
-#pragma unroll
-      for (int i = 0; i < 32; ++i)
-        if ((m >> i) & 1u) s4[i & 3] += keys.v(base + i);
-      sum += (s4[0] + s4[1]) + (s4[2] + s4[3]);
-#else
       int64_t s = 0;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
@@ -397,7 +389,6 @@ BSK_SEL_HD void range_stats_body(const K& keys, int L, int a, int b, int& cnt, i
       for (int i = 0; i < 32; ++i)
         if ((m >> i) & 1u) s += keys.v(base + i);
       sum += s;
-#endif
     } else {
       while (m) {
         sum += keys.v(base + ctz32(m));
@@ -407,11 +398,18 @@ BSK_SEL_HD void range_stats_body(const K& keys, int L, int a, int b, int& cnt, i
   }
 }
 
-#if defined(__CUDACC__) && defined(BSK_SELECT_RS_CALL)
-// Candidate (ninth session; not yet measured): range_stats as one out-of-line device function.
-// Inlined, its unrolled word loop is copied into every table query's call site (~830 LDS.64 in
-// the 4096-key kernel between the table and the sweep), so the chunk-start code spans ~170 KB of
-// instructions. The keys go by value and the result comes back in registers.
+// Keys types may ask for range_stats out of line (static constexpr bool kStatsCall = true): its
+// unrolled word loop, inlined, is copied into every table query (~830 LDS.64 between the table
+// and the sweep of the 4096-key kernel, ~170 KB of instructions), more code than the instruction
+// caches hold for three co-resident CTAs in different phases. Measured on the H200 (select
+// kernel): 4096 keys at 3 CTAs per SM -4.6%, the global path (S 65536) -5.5%, but 16384 keys at
+// one CTA per SM +2.6%, so the kernels choose per instantiation.
+template <class K, class = void>
+struct stats_call : std::false_type {};
+template <class K>
+struct stats_call<K, std::void_t<decltype(K::kStatsCall)>> : std::bool_constant<K::kStatsCall> {};
+
+#if defined(__CUDACC__)
 struct RangeStats {
   int cnt;
   int64_t sum;
@@ -426,13 +424,15 @@ __device__ __noinline__ RangeStats range_stats_call(const K keys, int L, int a, 
 
 template <class K>
 BSK_SEL_HD void range_stats(const K& keys, int L, int a, int b, int& cnt, int64_t& sum) {
-#if defined(__CUDA_ARCH__) && defined(BSK_SELECT_RS_CALL)
-  const RangeStats r = range_stats_call(keys, L, a, b);
-  cnt = r.cnt;
-  sum = r.sum;
-#else
-  range_stats_body(keys, L, a, b, cnt, sum);
+#if defined(__CUDA_ARCH__)
+  if constexpr (stats_call<K>::value) {
+    const RangeStats r = range_stats_call(keys, L, a, b);
+    cnt = r.cnt;
+    sum = r.sum;
+    return;
+  }
 #endif
+  range_stats_body(keys, L, a, b, cnt, sum);
 }
 
 // Alive count over ranks [a, b).
