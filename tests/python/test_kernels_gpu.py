@@ -36,6 +36,8 @@ DENSE_SHAPES = [
     (2, 77, 300, 8, 8, 128),    # Sq < Sk (decode-like chunk)
     (1, 300, 129, 4, 4, 64),    # Sq > Sk: causal rows before the first key are empty
     (1, 256, 256, 8, 1, 128),   # MQA, round sizes
+    (1, 4097, 4097, 2, 1, 64),  # D = 64 (192-key tiles): many full tiles and a ragged one
+    (2, 77, 385, 4, 2, 64),     # D = 64, Sq < Sk = 2 * 192 + 1
 ]
 
 

@@ -10,12 +10,12 @@ template <class Element, int kHeadDim, int kBlockN = 128>
 using FwdTraits = AttnTraits<Element, kHeadDim, kBlockN, /*kStages=*/2>;
 
 #if !defined(BSK_DENSE_D64_BLOCKN)
-#define BSK_DENSE_D64_BLOCKN 128
+#define BSK_DENSE_D64_BLOCKN 192
 #endif
-// Dense tiles: D = 64 may take wider KV tiles (BSK_DENSE_D64_BLOCKN, a candidate: at D = 64 a
-// tile's softmax costs as much as at D = 128 against half the GEMM work, so per-tile overheads
-// weigh twice as much; 0.96x cuDNN at 74324d0). SparseK keeps 128 (one metadata key per producer
-// thread).
+// Dense tiles: D = 64 takes 192-key tiles. At D = 64 a tile's softmax costs as much as at
+// D = 128 against half the GEMM work, so per-tile overheads weigh twice as much. H200, same-run
+// cuDNN: 128 keys 0.96x non-causal and causal (74324d0), 192 keys 0.99x / 0.97x; 256 keys spill
+// (412 bytes at 168 registers). SparseK keeps 128 (one metadata key per producer thread).
 template <class Element, int kHeadDim>
 using DenseTraits = FwdTraits<Element, kHeadDim, kHeadDim == 64 ? BSK_DENSE_D64_BLOCKN : 128>;
 
