@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--slope", type=float, default=0.001,
                     help="score slope per key position (the bench uses 1 / S)")
-    ap.add_argument("--only", choices=["all", "sparsek"], default="all")
+    ap.add_argument("--only", choices=["all", "sparsek", "dense"], default="all")
     ap.add_argument("--no-flash", action="store_true", help="skip the SDPA flash backend")
     ap.add_argument("--kernels", action="store_true",
                     help="also print each CUDA kernel's mean time in the SparseK call (profiler)")
@@ -62,7 +62,7 @@ def main():
         print(f"{name:28s} {ms:9.3f} ms {ms * 1e3 / H:9.2f} us/head {rows[-1]['tflops']:7.1f} TFLOP/s",
               flush=True)
 
-    for causal in ((False, True) if a.only == "all" else ()):
+    for causal in ((False, True) if a.only in ("all", "dense") else ()):
         f = flops_dense / (2 if causal else 1)
         add(f"bsk_dense{'_causal' if causal else ''}",
             timeit(lambda: _C.attention_fwd(q, k, v, out, lse, causal, None, st)), f)
@@ -74,6 +74,16 @@ def main():
                         timeit(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)), f)
             except Exception as e:  # backend unavailable
                 print(f"sdpa_{name}: {type(e).__name__}: {e}")
+    if a.only != "dense":
+        time_sparsek(a, q, k, v, u, out, lse, st, add)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"shape": vars(a), "gpu": torch.cuda.get_device_name(), "rows": rows}, fh, indent=1)
+
+
+def time_sparsek(a, q, k, v, u, out, lse, st, add):
+    B, S, H, _ = q.shape
+    D = q.shape[-1]
     keys = min(a.k, S) + a.window  # approximate keys per query for the FLOP count
     add(f"bsk_sparsek_k{a.k}_w{a.window}",
         timeit(lambda: _C.sparsek_attention_fwd(q, k, v, u, out, lse, a.k, a.window, None, st)),
@@ -93,9 +103,6 @@ def main():
     tau = torch.empty(B, H, S, device="cuda")
     tv, ti, na = torch.empty_like(tau), torch.empty_like(tau, dtype=torch.int32), torch.empty_like(tau, dtype=torch.int32)
     add("bsk_select_only", timeit(lambda: _C.sparsek_select(u, S, a.k, a.window, tau, tv, ti, na, st)), 0)
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"shape": vars(a), "gpu": torch.cuda.get_device_name(), "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":

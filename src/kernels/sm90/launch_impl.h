@@ -1,6 +1,8 @@
 // Definitions of the instantiation entry points: the tile configuration per head dim.
 #pragma once
 
+#include <cstdlib>
+
 #include "bsk/kernels/sm90/attention_kernel.h"
 #include "kernels/sm90/launch.h"
 
@@ -9,19 +11,34 @@ namespace bsk::sm90 {
 template <class Element, int kHeadDim, int kBlockN = 128>
 using FwdTraits = AttnTraits<Element, kHeadDim, kBlockN, /*kStages=*/2>;
 
-#if !defined(BSK_DENSE_D64_BLOCKN)
-#define BSK_DENSE_D64_BLOCKN 192
-#endif
-// Dense tiles: D = 64 takes 192-key tiles. At D = 64 a tile's softmax costs as much as at
-// D = 128 against half the GEMM work, so per-tile overheads weigh twice as much. H200, same-run
-// cuDNN: 128 keys 0.96x non-causal and causal (74324d0), 192 keys 0.99x / 0.97x; 256 keys spill
-// (412 bytes at 168 registers). SparseK keeps 128 (one metadata key per producer thread).
-template <class Element, int kHeadDim>
-using DenseTraits = FwdTraits<Element, kHeadDim, kHeadDim == 64 ? BSK_DENSE_D64_BLOCKN : 128>;
+// Dense D = 64 KV tiles: 128 or 192 keys, chosen per call by Sk. At D = 64 a tile's softmax
+// costs as much as at D = 128 against half the GEMM work, so per-tile overheads weigh twice as
+// much and wider tiles pay, except where the last tile is mostly padding. The choice takes the
+// smaller of ceil(Sk / N) * (N + c) with c = 32 keys of per-tile overhead (about what the H200
+// figures at Sk 4096 imply: 128 keys 0.96x cuDNN non-causal and causal at 74324d0, 192 keys
+// 0.99x / 0.97x; at Sk 512 192 keys ran ~10% slower). 256 keys spill (412 bytes at 168
+// registers). BSK_DENSE_D64_BLOCKN=128|192 (read once) forces one, for measurement. SparseK
+// keeps 128 (one metadata key per producer thread).
+inline int dense_d64_block_n(int64_t sk) {
+  static const int forced = [] {
+    const char* v = std::getenv("BSK_DENSE_D64_BLOCKN");
+    const int n = v ? std::atoi(v) : 0;
+    return n == 128 || n == 192 ? n : 0;
+  }();
+  if (forced != 0) return forced;
+  constexpr int64_t c = 32;
+  return (sk + 191) / 192 * (192 + c) < (sk + 127) / 128 * (128 + c) ? 192 : 128;
+}
 
 template <class Element, int kHeadDim>
 void run_dense_fwd(const kernels::AttnFwdParams& p) {
-  launch_attention_fwd<DenseTraits<Element, kHeadDim>, DenseMode>(p, p);
+  if constexpr (kHeadDim == 64) {
+    if (dense_d64_block_n(p.seqlen_k) == 192) {
+      launch_attention_fwd<FwdTraits<Element, 64, 192>, DenseMode>(p, p);
+      return;
+    }
+  }
+  launch_attention_fwd<FwdTraits<Element, kHeadDim>, DenseMode>(p, p);
 }
 
 template <class Element, int kHeadDim>
