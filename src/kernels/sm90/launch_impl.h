@@ -11,21 +11,24 @@ namespace bsk::sm90 {
 template <class Element, int kHeadDim, int kBlockN = 128>
 using FwdTraits = AttnTraits<Element, kHeadDim, kBlockN, /*kStages=*/2>;
 
-// Dense D = 64 KV tiles: 128 or 192 keys, chosen per call by Sk. At D = 64 a tile's softmax
-// costs as much as at D = 128 against half the GEMM work, so per-tile overheads weigh twice as
-// much and wider tiles pay, except where the last tile is mostly padding. The choice takes the
-// smaller of ceil(Sk / N) * (N + c) with c = 32 keys of per-tile overhead (about what the H200
-// figures at Sk 4096 imply: 128 keys 0.96x cuDNN non-causal and causal at 74324d0, 192 keys
-// 0.99x / 0.97x; at Sk 512 192 keys ran ~10% slower). 256 keys spill (412 bytes at 168
-// registers). BSK_DENSE_D64_BLOCKN=128|192 (read once) forces one, for measurement. SparseK
-// keeps 128 (one metadata key per producer thread).
-inline int dense_d64_block_n(int64_t sk) {
+// Dense D = 64 KV tiles: 128 or 192 keys, chosen per call. At D = 64 a tile's softmax costs as
+// much as at D = 128 against half the GEMM work, so per-tile overheads weigh twice as much and
+// wider tiles pay, except where the last tile is mostly padding or, causal, where the diagonal
+// tiles' masked part grows with the tile. H200 (scripts/time_kernels.py --only dense --D 64,
+// B * S = 65536, us/head 128 -> 192 keys): non-causal S 512 23.6 -> 26.5, 1024 41.8 -> 46.0,
+// 1536 60.2 -> 57.3, 2048 81.7 -> 78.6, 4096 164.3 -> 157.9; causal 512 17.4 -> 18.7, 1024 27.1
+// -> 30.9, 1536 38.6 -> 40.6, 2048 49.6 -> 50.0, 4096 88.9 -> 88.0. So: non-causal the smaller
+// of ceil(Sk / N) * (N + 32) (32 keys of per-tile overhead), causal 192 from Sk 4096 on. 256
+// keys spill (412 bytes at 168 registers). BSK_DENSE_D64_BLOCKN=128|192 (read once) forces one,
+// for measurement. SparseK keeps 128 (one metadata key per producer thread).
+inline int dense_d64_block_n(int64_t sk, bool causal) {
   static const int forced = [] {
     const char* v = std::getenv("BSK_DENSE_D64_BLOCKN");
     const int n = v ? std::atoi(v) : 0;
     return n == 128 || n == 192 ? n : 0;
   }();
   if (forced != 0) return forced;
+  if (causal) return sk >= 4096 ? 192 : 128;
   constexpr int64_t c = 32;
   return (sk + 191) / 192 * (192 + c) < (sk + 127) / 128 * (128 + c) ? 192 : 128;
 }
@@ -33,7 +36,7 @@ inline int dense_d64_block_n(int64_t sk) {
 template <class Element, int kHeadDim>
 void run_dense_fwd(const kernels::AttnFwdParams& p) {
   if constexpr (kHeadDim == 64) {
-    if (dense_d64_block_n(p.seqlen_k) == 192) {
+    if (dense_d64_block_n(p.seqlen_k, p.causal) == 192) {
       launch_attention_fwd<FwdTraits<Element, 64, 192>, DenseMode>(p, p);
       return;
     }
