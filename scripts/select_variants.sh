@@ -8,7 +8,8 @@
 # fp16/D=128 build can run) on every candidate, then times all builds, interleaved, at the seed
 # shape and at S = 16384 / 65536 (scripts/time_kernels.py --kernels: per-kernel CUDA times), and
 # the phase cycles of each with BSK_SELECT_PROFILE (between the two timing reps). Logs and
-# results go to OUTDIR.
+# results go to OUTDIR, packed into OUTDIR.tgz after each section (a call cut short still hands
+# back what ran).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/select_variants.sh OUTDIR FLAGS [FLAGS ...]}
@@ -18,6 +19,7 @@ CANDS=("$@")
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 t0=$(date +%s)
+pack() { tar czf "$OUT.tgz.tmp" -C "$(dirname "$OUT")" "$(basename "$OUT")" && mv "$OUT.tgz.tmp" "$OUT.tgz"; }
 build() {  # name, tests ON/OFF, cuda flags
   local b=/tmp/bsk_sel_$1 pk=/tmp/bsk_sel_$1/pkg
   mkdir -p "$pk" && rm -rf "$pk/blackwell_sparsek" && cp -r python/blackwell_sparsek "$pk/"
@@ -57,6 +59,7 @@ for i in "${!CANDS[@]}"; do
     "lean build's missing instantiations: $(grep -E '^E  ' "$OUT/pytest_$c.log" |
     grep -vc NotImplementedError)"
 done
+pack
 TK="scripts/time_kernels.py --only sparsek --kernels --no-flash"
 times() {  # rep
   for shape in "--slope 0.000244140625" "--B 4 --S 16384 --slope 0.00006103515625" \
@@ -76,5 +79,7 @@ for v in "${names[@]}"; do
       grep 'select profile' | sed -n '5,6p'
   done
 done 2>&1 | tee "$OUT/phases.txt"
+pack
 times 2 2>&1 | tee -a "$OUT/times.txt"
 echo "total $(( $(date +%s) - t0 )) s"
+pack
