@@ -90,6 +90,29 @@ def test_dense_logits_drifting_along_keys(shape, growing, causal):
     check_dense_launch(q, k, v, causal)
 
 
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("Sk", [1537, 4097])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_one_dominant_key_at_each_column(D, Sk, dtype, causal):
+    """Batch b has one key whose logit exceeds every other by over 20 (a peaked row, as at an
+    attention sink), at key 8 b + b % 8 for b < 24: a different 8-column group of the first KV
+    tiles in each batch (every group of a 192-key tile, of two 128-key tiles). The softmax's row
+    max must see every column: a reduction that misses the dominant key's group leaves
+    probabilities above 2^31, which overflow float16's P (the 192-key kernel's tree once did)."""
+    B, Sq, H, Hkv = 24, 64, 2, 1
+    gen = torch.Generator(device="cuda").manual_seed(hash((D, Sk, str(dtype), causal)) % 2**31)
+    q = 0.3 * rand(B, Sq, H, D, dtype=torch.float32, gen=gen)
+    q[..., 0] += 4.0  # every query shares direction e0
+    k = 0.5 * rand(B, Sk, Hkv, D, dtype=torch.float32, gen=gen)
+    b = torch.arange(B, device="cuda")
+    j = 8 * b + b % 8
+    k[b, j] = 0.0
+    k[b, j, :, 0] = 30.0 * math.sqrt(D) / 4.0  # logit 4 * that * D^-1/2 = 30
+    v = rand(B, Sk, Hkv, D, dtype=torch.float32, gen=gen)
+    check_dense_launch(q.to(dtype), k.to(dtype), v.to(dtype), causal)
+
+
 def test_dense_strided_views():
     """BHSD storage viewed as BSHD through transpose(1, 2): no copy, same result."""
     gen = torch.Generator(device="cuda").manual_seed(7)

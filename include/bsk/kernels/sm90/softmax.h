@@ -38,7 +38,6 @@ struct OnlineSoftmax {
     // the row's elements: with a 32-deep dependent chain per row the consumers stall on each
     // FMNMX / FADD's latency (ncu: "wait" and short-scoreboard stalls on them).
     constexpr int kV = kCols / 8;
-    static_assert(kV % kSumParts == 0, "partial sums split the row evenly");
     float m_new[2];
     bool grow = false;
 #pragma unroll
@@ -46,11 +45,13 @@ struct OnlineSoftmax {
       float m[kV];
 #pragma unroll
       for (int v = 0; v < kV; ++v) m[v] = fmaxf(s(0 + 2 * b + 4 * v), s(1 + 2 * b + 4 * v));
+        // Halve the w live values each level, the odd one out carried (kV need not be a power of
+        // two: 192-key tiles have kV = 24, where halving w by a shift dropped a third of the row).
 #pragma unroll
-      for (int w = kV / 2; w >= 1; w >>= 1)
+      for (int w = kV; w > 1; w = (w + 1) / 2)
 #pragma unroll
         for (int v = 0; v < kV / 2; ++v)
-          if (v < w) m[v] = fmaxf(m[v], m[v + w]);
+          if (v + (w + 1) / 2 < w) m[v] = fmaxf(m[v], m[v + (w + 1) / 2]);
       m_new[b] = fmaxf(row_max[b], quad_max(m[0]) * scale_log2);
       // (-inf + 8 stays -inf: a row's first finite max always moves the reference.)
       grow |= m_new[b] > row_max[b] + kStaleLog2;
