@@ -82,8 +82,7 @@ def main():
 
 
 def time_sparsek(a, q, k, v, u, out, lse, st, add):
-    B, S, H, _ = q.shape
-    D = q.shape[-1]
+    B, S, H, D = q.shape
     keys = min(a.k, S) + a.window  # approximate keys per query for the FLOP count
     add(f"bsk_sparsek_k{a.k}_w{a.window}",
         timeit(lambda: _C.sparsek_attention_fwd(q, k, v, u, out, lse, a.k, a.window, None, st)),

@@ -27,6 +27,7 @@ using FwdTraits = AttnTraits<Element, kHeadDim, kBlockN, /*kStages=*/2>;
 // fixed kernel has ~50% more FMNMX and spills 8 bytes. BSK_DENSE_D64_BLOCKN=128|192 (read once)
 // forces one in a wide build, for measurement. SparseK keeps 128 (one metadata key per producer
 // thread).
+#if defined(BSK_DENSE_D64_WIDE)
 inline int dense_d64_block_n(int64_t sk, bool causal) {
   static const int forced = [] {
     const char* v = std::getenv("BSK_DENSE_D64_BLOCKN");
@@ -38,6 +39,7 @@ inline int dense_d64_block_n(int64_t sk, bool causal) {
   constexpr int64_t c = 32;
   return (sk + 191) / 192 * (192 + c) < (sk + 127) / 128 * (128 + c) ? 192 : 128;
 }
+#endif
 
 template <class Element, int kHeadDim>
 void run_dense_fwd(const kernels::AttnFwdParams& p) {

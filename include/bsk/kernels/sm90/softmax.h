@@ -42,11 +42,12 @@ struct OnlineSoftmax {
     bool grow = false;
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
+      // The max tree halves the w live values each level, the odd one out carried (kV need not
+      // be a power of two: 192-key tiles have kV = 24, where halving w by a shift dropped a third
+      // of the row).
       float m[kV];
 #pragma unroll
       for (int v = 0; v < kV; ++v) m[v] = fmaxf(s(0 + 2 * b + 4 * v), s(1 + 2 * b + 4 * v));
-        // Halve the w live values each level, the odd one out carried (kV need not be a power of
-        // two: 192-key tiles have kV = 24, where halving w by a shift dropped a third of the row).
 #pragma unroll
       for (int w = kV; w > 1; w = (w + 1) / 2)
 #pragma unroll
