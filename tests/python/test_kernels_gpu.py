@@ -36,8 +36,8 @@ DENSE_SHAPES = [
     (2, 77, 300, 8, 8, 128),    # Sq < Sk (decode-like chunk)
     (1, 300, 129, 4, 4, 64),    # Sq > Sk: causal rows before the first key are empty
     (1, 256, 256, 8, 1, 128),   # MQA, round sizes
-    # D = 64 KV tiles in a -DBSK_DENSE_D64_WIDE build (launch_impl.h): Sk 1000 and 129 above
-    # take 128 keys, 4097 takes 192, 1537 192 non-causal and 128 causal (default build: 128).
+    # D = 64 KV tiles (launch_impl.h): Sk 1 and 1000 above take 128 keys; 129 and 1537 take
+    # 192 non-causal and 128 causal; 4097 takes 192 (BSK_DENSE_D64_BLOCKN forces one for all).
     (1, 4097, 4097, 2, 1, 64),  # many full tiles and a ragged one
     (2, 77, 1537, 4, 2, 64),    # Sq < Sk = 8 * 192 + 1
 ]

@@ -11,23 +11,18 @@ namespace bsk::sm90 {
 template <class Element, int kHeadDim, int kBlockN = 128>
 using FwdTraits = AttnTraits<Element, kHeadDim, kBlockN, /*kStages=*/2>;
 
-// Dense D = 64 KV tiles: 128 keys, or with -DBSK_DENSE_D64_WIDE 128 or 192 chosen per call. At
-// D = 64 a tile's softmax costs as much as at D = 128 against half the GEMM work, so per-tile
-// overheads weigh twice as much and wider tiles pay, except where the last tile is mostly
-// padding or, causal, where the diagonal tiles' masked part grows with the tile. H200
-// (scripts/time_kernels.py --only dense --D 64, B * S = 65536, us/head 128 -> 192 keys):
-// non-causal S 512 23.6 -> 26.5, 1024 41.8 -> 46.0, 1536 60.2 -> 57.3, 2048 81.7 -> 78.6, 4096
-// 164.3 -> 157.9; causal 512 17.4 -> 18.7, 1024 27.1 -> 30.9, 1536 38.6 -> 40.6, 2048 49.6 ->
-// 50.0, 4096 88.9 -> 88.0. So: non-causal the smaller of ceil(Sk / N) * (N + 32) (32 keys of
-// per-tile overhead), causal 192 from Sk 4096 on. 256 keys spill (412 bytes at 168 registers).
-// Behind the flag because the 192-key kernel that was timed had a wrong softmax row max (its
-// reduction tree assumed a power-of-two column count and skipped a third of the row: fp16 rows
-// with one dominant key overflowed); the fixed reduction has not run on a GPU yet, and the
-// timings above are of the wrong kernel: ptxas had dropped the skipped third of the tree, and the
-// fixed kernel has ~50% more FMNMX and spills 8 bytes. BSK_DENSE_D64_BLOCKN=128|192 (read once)
-// forces one in a wide build, for measurement. SparseK keeps 128 (one metadata key per producer
-// thread).
-#if defined(BSK_DENSE_D64_WIDE)
+// Dense D = 64 KV tiles: 128 or 192 keys, chosen per call. At D = 64 a tile's softmax costs as
+// much as at D = 128 against half the GEMM work, so per-tile overheads weigh twice as much and
+// wider tiles pay, except where the last tile is mostly padding or, causal, where the diagonal
+// tiles' masked part grows with the tile. H200 (scripts/time_kernels.py --only dense --D 64,
+// B * S = 65536, us/head 128 -> 192 keys, 4915d47 in a wide build): non-causal S 512 23.3 ->
+// 25.5, 1024 42.5 -> 44.4, 1536 59.6 -> 55.5, 2048 81.0 -> 81.8, 4096 164.1 -> 158.8; causal
+// 512 17.4 -> 20.4, 1024 28.7 -> 30.6, 1536 39.3 -> 39.7, 2048 50.2 -> 49.8, 4096 88.6 -> 86.5
+// (cuDNN in the same processes moves by up to 5%). So: non-causal the smaller of
+// ceil(Sk / N) * (N + 32) (32 keys of per-tile overhead), causal 192 from Sk 4096 on. 256 keys
+// spill (412 bytes at 168 registers); the 192-key kernel spills 8 bytes. BSK_DENSE_D64_BLOCKN=
+// 128|192 (read once) forces one, for measurement and for the tests. SparseK keeps 128 (one
+// metadata key per producer thread).
 inline int dense_d64_block_n(int64_t sk, bool causal) {
   static const int forced = [] {
     const char* v = std::getenv("BSK_DENSE_D64_BLOCKN");
@@ -39,18 +34,15 @@ inline int dense_d64_block_n(int64_t sk, bool causal) {
   constexpr int64_t c = 32;
   return (sk + 191) / 192 * (192 + c) < (sk + 127) / 128 * (128 + c) ? 192 : 128;
 }
-#endif
 
 template <class Element, int kHeadDim>
 void run_dense_fwd(const kernels::AttnFwdParams& p) {
-#if defined(BSK_DENSE_D64_WIDE)
   if constexpr (kHeadDim == 64) {
     if (dense_d64_block_n(p.seqlen_k, p.causal) == 192) {
       launch_attention_fwd<FwdTraits<Element, 64, 192>, DenseMode>(p, p);
       return;
     }
   }
-#endif
   launch_attention_fwd<FwdTraits<Element, kHeadDim>, DenseMode>(p, p);
 }
 
