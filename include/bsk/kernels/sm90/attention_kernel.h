@@ -27,6 +27,12 @@
 #define BSK_DENSE_PIN_SOFTMAX 1
 #endif
 
+// Development switch: 1 issues each work tile's first S = Q K^T under the previous tile's
+// epilogue.
+#ifndef BSK_ATTN_FIRST_S_UNDER_EPILOGUE
+#define BSK_ATTN_FIRST_S_UNDER_EPILOGUE 0
+#endif
+
 namespace bsk::sm90 {
 
 template <class Traits>
@@ -347,6 +353,28 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     TileCoord tc = sched.coord(blockIdx.x);
     auto it = Mode::iterator(params, tc.m_block, tc.batch, tc.head_kv);
     auto hook = Mode::hook(params, tc.m_block, row_in_cta0, tc.batch, tc.head_kv, &sm);
+#if BSK_ATTN_FIRST_S_UNDER_EPILOGUE
+    // The first S = Q K^T of work tile wx (running KV tile gx) is issued before the previous
+    // tile's epilogue, so the epilogue runs under it. It is issued on every path, also past the
+    // last tile or for a tile without KV tiles (on whatever the buffers hold; the result is
+    // never read): a WGMMA issued on one branch only makes ptxas serialise every WGMMA of the
+    // kernel (C7515, docs/kernel_notes.md v17 / v30). Q's barrier is waited for on every valid
+    // tile, as the parity waits need.
+    auto issue_first_qk = [&](bool valid, int n_tiles, int gx, int wx) {
+      const int s = gx % kStages;
+      pc.lap(9);
+      if (valid) Barrier::wait(&sm.bar_q, wx & 1);
+      pc.lap(0);
+      if (valid && n_tiles > 0) Barrier::wait(&sm.bar_k[s], (gx / kStages) & 1);
+      pc.lap(1);
+      turn_begin();
+      issue_qk(tSrS, s);
+      turn_end();
+    };
+    issue_first_qk(true, it.num_tiles, 0, 0);
+    warpgroup_wait<0>();
+    pc.lap(3);
+#endif
     for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
       const int b = tc.batch, h = tc.head, m = tc.m_block;
       clear(tOrO);
@@ -374,9 +402,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         return rescale;
       };
 
+#if !BSK_ATTN_FIRST_S_UNDER_EPILOGUE
       pc.lap(9);
       Barrier::wait(&sm.bar_q, w & 1);
       pc.lap(0);
+#endif
       const int n = it.num_tiles;
       pc.count(10, n);
       if (n == 0) {
@@ -389,6 +419,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         KvTile t = it.tile(0);
         {
           const int s = g % kStages;
+#if !BSK_ATTN_FIRST_S_UNDER_EPILOGUE
           Barrier::wait(&sm.bar_k[s], (g / kStages) & 1);
           pc.lap(1);
           turn_begin();
@@ -396,6 +427,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           turn_end();
           warpgroup_wait<0>();
           pc.lap(3);
+#endif
           // K is consumed once S is in registers (the hook's metadata has its own ring), and
           // Q too when this is the work tile's only KV tile.
           release(&sm.bar_empty_k[s]);
@@ -468,6 +500,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       const TileCoord tn = sched.coord(wt_next < sched.num_tiles ? wt_next : wt);
       const auto it_next = Mode::iterator(params, tn.m_block, tn.batch, tn.head_kv);
       const auto hook_next = Mode::hook(params, tn.m_block, row_in_cta0, tn.batch, tn.head_kv, &sm);
+#if BSK_ATTN_FIRST_S_UNDER_EPILOGUE
+      issue_first_qk(wt_next < sched.num_tiles, it_next.num_tiles, g, w + 1);
+#endif
       Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
       float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
       using Epi = StagedEpilogue<Element, kD>;
@@ -475,6 +510,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
                  a.o_stride[1], lb, int64_t(m) * kBlockM + cw * Traits::kWgRows,
                  row_in_cta0 - cw * Traits::kWgRows, a.seqlen_q, ctid, cw);
       pc.lap(8);
+#if BSK_ATTN_FIRST_S_UNDER_EPILOGUE
+      warpgroup_wait<0>();
+      pc.lap(3);
+#endif
       pc.count(11);
       wt = wt_next;
       tc = tn;
