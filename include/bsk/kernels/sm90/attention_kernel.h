@@ -109,11 +109,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int wg = tid / 128;
 
   if (tid == 0) {
-    Barrier::init(&sm.bar_q, 128);
     // Buffers the consumers read with plain shared loads (the metadata slots, the next-tile
-    // word, and Q's release that orders them) are released by every consumer thread: an
-    // mbarrier arrive releases only the arriving thread's own accesses.
-    Barrier::init(&sm.bar_q_empty, Traits::kConsumerWGs * 128);
+    // word, Q's release that orders them, and with the Q ring the epilogue stage) are released
+    // by every consumer thread: an mbarrier arrive releases only the arriving thread's own
+    // accesses.
+    for (int s = 0; s < Traits::kQBufs; ++s) {
+      Barrier::init(&sm.bar_q[s], 128);
+      Barrier::init(&sm.bar_q_empty[s], Traits::kConsumerWGs * 128);
+    }
     Barrier::init(&sm.bar_tile[0], 1);
     Barrier::init(&sm.bar_tile[1], 1);
     for (int s = 0; s < kStages; ++s) {
@@ -167,23 +170,26 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // S = Q K^T of the previous work tile (they are then still in its softmax, last P V and
         // epilogue, which this load overlaps).
         pc.lap(0);
-        if (w > 0) Barrier::wait(&sm.bar_q_empty, (w - 1) & 1);
+        constexpr int kQBufs = Traits::kQBufs;
+        const int qs = w % kQBufs;
+        Element* const q_dst = sm.q + qs * Traits::kQElems;
+        if (w >= kQBufs) Barrier::wait(&sm.bar_q_empty[qs], ((w - kQBufs) / kQBufs) & 1);
         pc.lap(1);
         // Q as two 64-row blocks (one per consumer warpgroup), each a contiguous tile.
-        auto sQ0 = make_tensor(make_smem_ptr(sm.q), typename Traits::SmemLayoutQ{});
-        auto sQ1 =
-            make_tensor(make_smem_ptr(sm.q + Traits::kWgRows * kD), typename Traits::SmemLayoutQ{});
+        auto sQ0 = make_tensor(make_smem_ptr(q_dst), typename Traits::SmemLayoutQ{});
+        auto sQ1 = make_tensor(make_smem_ptr(q_dst + Traits::kQBlockElems),
+                               typename Traits::SmemLayoutQ{});
         if (Mode::kTma && tma.enabled) {
           // Rows past seqlen_q are outside the tensor: TMA zero-fills them like cp.async.
-          tma_load_tile<Element, Traits::kWgRows, kD, Traits::kConsumerWGs>(sm.q, &tma.q, int(row0),
-                                                                            h, b, &sm.bar_q, tid);
+          tma_load_tile<Element, Traits::kWgRows, kD, Traits::kConsumerWGs, Traits::kQBlockElems>(
+              q_dst, &tma.q, int(row0), h, b, &sm.bar_q[qs], tid);
         } else {
           const int rows = int(a.seqlen_q - row0 < kBlockM ? a.seqlen_q - row0 : kBlockM);
           Producer::template load_contiguous<Traits::kWgRows>(sQ0, tid, qb, a.q_stride[1], row0,
                                                               rows);
           Producer::template load_contiguous<Traits::kWgRows>(
               sQ1, tid, qb, a.q_stride[1], row0 + Traits::kWgRows, rows - Traits::kWgRows);
-          cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q);
+          cutlass::arch::cpasync_barrier_arrive_noinc(&sm.bar_q[qs]);
         }
       }
       // K runs one tile ahead of V: the loads go K0, K1, V0, K2, V1, ..., V(n-1). V's stage
@@ -289,8 +295,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     typename Traits::MmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(ctid);
     auto thr_pv = mma_pv.get_thread_slice(ctid);
-    auto sQ = make_tensor(make_smem_ptr(sm.q + cw * Traits::kWgRows * kD),
+    // Q buffer 0's block of this warpgroup; buffer s is kQElems elements further, i.e. its
+    // descriptors start kQElems * sizeof(Element) / 16 units later.
+    auto sQ = make_tensor(make_smem_ptr(sm.q + cw * Traits::kQBlockElems),
                           typename Traits::SmemLayoutQ{});
+    constexpr int kQBufs = Traits::kQBufs;
+    constexpr int kQBufDesc = Traits::kQElems * int(sizeof(Element)) / 16;
     auto sK = make_tensor(make_smem_ptr(sm.k), typename Traits::SmemLayoutKV{});
     auto sVt = make_tensor(make_smem_ptr(sm.v), typename Traits::SmemLayoutVt{});
     auto tSrQ = thr_qk.partition_fragment_A(sQ);
@@ -300,14 +310,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     auto tSrS = partition_fragment_C(mma_qk, Shape<Int<Traits::kWgRows>, Int<kBlockN>>{});
     auto rP = make_tensor<Element>(typename Traits::LayoutPAsA{});
 
-    // S = Q K^T for tile i into tSrS (issued, committed; the caller waits).
-    auto issue_qk = [&](auto& tSrS, int s) {
+    // S = Q K^T for K stage s and Q buffer qs into tSrS (issued, committed; the caller waits).
+    auto issue_qk = [&](auto& tSrS, int s, int qs) {
+      const auto tSrQs = make_tensor(tSrQ.data() + qs * kQBufDesc, tSrQ.layout());
       warpgroup_fence_operand(tSrS);
       warpgroup_arrive();
       mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
       CUTE_UNROLL
       for (int kb = 0; kb < size<2>(tSrQ); ++kb) {
-        cute::gemm(mma_qk, tSrQ(_, _, kb), tSrK(_, _, kb, s), tSrS);
+        cute::gemm(mma_qk, tSrQs(_, _, kb), tSrK(_, _, kb, s), tSrS);
         mma_qk.accumulate_ = GMMA::ScaleOut::One;
       }
       warpgroup_commit_batch();
@@ -363,12 +374,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     auto issue_first_qk = [&](bool valid, int n_tiles, int gx, int wx) {
       const int s = gx % kStages;
       pc.lap(9);
-      if (valid) Barrier::wait(&sm.bar_q, wx & 1);
+      if (valid) Barrier::wait(&sm.bar_q[wx % kQBufs], (wx / kQBufs) & 1);
       pc.lap(0);
       if (valid && n_tiles > 0) Barrier::wait(&sm.bar_k[s], (gx / kStages) & 1);
       pc.lap(1);
       turn_begin();
-      issue_qk(tSrS, s);
+      issue_qk(tSrS, s, wx % kQBufs);
       turn_end();
     };
     issue_first_qk(true, it.num_tiles, 0, 0);
@@ -404,13 +415,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 
 #if !BSK_ATTN_FIRST_S_UNDER_EPILOGUE
       pc.lap(9);
-      Barrier::wait(&sm.bar_q, w & 1);
+      Barrier::wait(&sm.bar_q[w % kQBufs], (w / kQBufs) & 1);
       pc.lap(0);
 #endif
       const int n = it.num_tiles;
       pc.count(10, n);
+      const int qs = w % kQBufs;
       if (n == 0) {
-        release_all(&sm.bar_q_empty);
+        if constexpr (!Traits::kQRing) release_all(&sm.bar_q_empty[0]);
       } else {
         // Software pipeline inside the warpgroup: the softmax of tile i runs while the tensor
         // cores do P V of tile i - 1 (FlashAttention-3's intra-warpgroup overlap).
@@ -423,7 +435,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           Barrier::wait(&sm.bar_k[s], (g / kStages) & 1);
           pc.lap(1);
           turn_begin();
-          issue_qk(tSrS, s);
+          issue_qk(tSrS, s, qs);
           turn_end();
           warpgroup_wait<0>();
           pc.lap(3);
@@ -431,7 +443,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           // K is consumed once S is in registers (the hook's metadata has its own ring), and
           // Q too when this is the work tile's only KV tile.
           release(&sm.bar_empty_k[s]);
-          if (n == 1) release_all(&sm.bar_q_empty);
+          if (!Traits::kQRing && n == 1) release_all(&sm.bar_q_empty[0]);
           softmax_tile(t, g, corr);  // O is still zero: nothing to rescale
           to_element(rP, tSrS);
         }
@@ -442,7 +454,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           Barrier::wait(&sm.bar_k[s], (gi / kStages) & 1);
           pc.lap(1);
           turn_begin();
-          issue_qk(tSrS, s);
+          issue_qk(tSrS, s, qs);
           // O (P V of tile i - 2 is done) takes tile i - 1's correction while this S = Q K^T
           // runs, not on the path from the softmax to the next GEMMs.
           if (rescale) rescale_o(corr);
@@ -455,7 +467,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
           pc.lap(3);
           release(&sm.bar_empty_k[s]);
-          if (i == n - 1) release_all(&sm.bar_q_empty);
+          if (!Traits::kQRing && i == n - 1) release_all(&sm.bar_q_empty[0]);
           rescale = softmax_tile(t, gi, corr);
 #if BSK_DENSE_PIN_SOFTMAX
           if constexpr (!kMeta) {
@@ -506,9 +518,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
       float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
       using Epi = StagedEpilogue<Element, kD>;
-      Epi::store(tOrO, inv, lse, nan_row, sm.o_stage + cw * Traits::kWgRows * Epi::kStageCols, ob,
-                 a.o_stride[1], lb, int64_t(m) * kBlockM + cw * Traits::kWgRows,
-                 row_in_cta0 - cw * Traits::kWgRows, a.seqlen_q, ctid, cw);
+      static_assert(Epi::kStageCols * Traits::kWgRows == Traits::kStageElems, "stage size");
+      Element* const stage = Traits::kQRing
+                                 ? sm.q + qs * Traits::kQElems + cw * Traits::kQBlockElems
+                                 : sm.o_stage + cw * Traits::kStageElems;
+      Epi::store(tOrO, inv, lse, nan_row, stage, ob, a.o_stride[1], lb,
+                 int64_t(m) * kBlockM + cw * Traits::kWgRows, row_in_cta0 - cw * Traits::kWgRows,
+                 a.seqlen_q, ctid, cw);
+      if constexpr (Traits::kQRing) {
+        // The stage is this Q buffer: free for the producer's next load into it once every
+        // consumer thread is done with it (its generic accesses ordered before that load's
+        // async-proxy writes).
+        cutlass::arch::fence_view_async_shared();
+        release_all(&sm.bar_q_empty[qs]);
+      }
       pc.lap(8);
 #if BSK_ATTN_FIRST_S_UNDER_EPILOGUE
       warpgroup_wait<0>();

@@ -45,10 +45,11 @@ __device__ __forceinline__ void tma_load_box(void* smem, const CUtensorMap* map,
 }
 
 // kBlocks consecutive (kRows x head_dim) blocks starting at row `row` of (head, batch) into
-// dst, each a block of the row-first SW128 layout (kRows x 64 columns per run of 1 KB atoms).
-// Thread 0 of the producer arms bar with all their bytes and issues the boxes; every other
-// producer thread only arrives.
-template <class Element, int kRows, int kHeadDim, int kBlocks = 1>
+// dst, kBlockStride elements apart, each a block of the row-first SW128 layout (kRows x 64 columns
+// per run of 1 KB atoms). Thread 0 of the producer arms bar with all their bytes and issues the
+// boxes; every other producer thread only arrives.
+template <class Element, int kRows, int kHeadDim, int kBlocks = 1,
+          int kBlockStride = kRows* kHeadDim>
 __device__ __forceinline__ void tma_load_tile(Element* dst, const CUtensorMap* map, int row,
                                               int head, int batch, uint64_t* bar, int tid) {
   constexpr uint32_t kBytes = uint32_t(kBlocks) * kRows * kHeadDim * sizeof(Element);
@@ -58,7 +59,7 @@ __device__ __forceinline__ void tma_load_tile(Element* dst, const CUtensorMap* m
     for (int blk = 0; blk < kBlocks; ++blk)
 #pragma unroll
       for (int h = 0; h < kHeadDim / kTmaBoxCols; ++h)
-        tma_load_box(dst + blk * kRows * kHeadDim + h * kRows * kTmaBoxCols, map, h * kTmaBoxCols,
+        tma_load_box(dst + blk * kBlockStride + h * kRows * kTmaBoxCols, map, h * kTmaBoxCols,
                      row + blk * kRows, head, batch, bar);
   } else {
     cutlass::arch::ClusterBarrier::arrive(bar);
