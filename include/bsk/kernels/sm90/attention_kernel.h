@@ -166,9 +166,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           static_cast<const Element*>(a.v) + b * a.v_stride[0] + hkv * a.v_stride[2];
       const int64_t row0 = int64_t(m) * kBlockM;
       {
-        // The Q buffer is free once both consumers have issued and finished their last
-        // S = Q K^T of the previous work tile (they are then still in its softmax, last P V and
-        // epilogue, which this load overlaps).
+        // Without the ring, the Q buffer is free once both consumers have issued and finished
+        // their last S = Q K^T of the previous work tile (they are then still in its softmax,
+        // last P V and epilogue, which this load overlaps). With it, buffer w % 2 is free after
+        // the epilogue of work tile w - 2, long before this load is issued.
         pc.lap(0);
         constexpr int kQBufs = Traits::kQBufs;
         const int qs = w % kQBufs;
