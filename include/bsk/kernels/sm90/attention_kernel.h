@@ -27,12 +27,6 @@
 #define BSK_DENSE_PIN_SOFTMAX 1
 #endif
 
-// Development switch: 1 issues each work tile's first S = Q K^T under the previous tile's
-// epilogue.
-#ifndef BSK_ATTN_FIRST_S_UNDER_EPILOGUE
-#define BSK_ATTN_FIRST_S_UNDER_EPILOGUE 0
-#endif
-
 namespace bsk::sm90 {
 
 template <class Traits>
@@ -166,10 +160,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           static_cast<const Element*>(a.v) + b * a.v_stride[0] + hkv * a.v_stride[2];
       const int64_t row0 = int64_t(m) * kBlockM;
       {
-        // Without the ring, the Q buffer is free once both consumers have issued and finished
-        // their last S = Q K^T of the previous work tile (they are then still in its softmax,
-        // last P V and epilogue, which this load overlaps). With it, buffer w % 2 is free after
-        // the epilogue of work tile w - 2, long before this load is issued.
+        // Q buffer w % 2 is free after the epilogue of work tile w - 2 (which staged O there),
+        // normally long before this load is issued: the load overlaps the whole of tile w - 1.
         pc.lap(0);
         constexpr int kQBufs = Traits::kQBufs;
         const int qs = w % kQBufs;
@@ -365,28 +357,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     TileCoord tc = sched.coord(blockIdx.x);
     auto it = Mode::iterator(params, tc.m_block, tc.batch, tc.head_kv);
     auto hook = Mode::hook(params, tc.m_block, row_in_cta0, tc.batch, tc.head_kv, &sm);
-#if BSK_ATTN_FIRST_S_UNDER_EPILOGUE
-    // The first S = Q K^T of work tile wx (running KV tile gx) is issued before the previous
-    // tile's epilogue, so the epilogue runs under it. It is issued on every path, also past the
-    // last tile or for a tile without KV tiles (on whatever the buffers hold; the result is
-    // never read): a WGMMA issued on one branch only makes ptxas serialise every WGMMA of the
-    // kernel (C7515, docs/kernel_notes.md v17 / v30). Q's barrier is waited for on every valid
-    // tile, as the parity waits need.
-    auto issue_first_qk = [&](bool valid, int n_tiles, int gx, int wx) {
-      const int s = gx % kStages;
-      pc.lap(9);
-      if (valid) Barrier::wait(&sm.bar_q[wx % kQBufs], (wx / kQBufs) & 1);
-      pc.lap(0);
-      if (valid && n_tiles > 0) Barrier::wait(&sm.bar_k[s], (gx / kStages) & 1);
-      pc.lap(1);
-      turn_begin();
-      issue_qk(tSrS, s, wx % kQBufs);
-      turn_end();
-    };
-    issue_first_qk(true, it.num_tiles, 0, 0);
-    warpgroup_wait<0>();
-    pc.lap(3);
-#endif
     for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
       const int b = tc.batch, h = tc.head, m = tc.m_block;
       clear(tOrO);
@@ -414,16 +384,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         return rescale;
       };
 
-#if !BSK_ATTN_FIRST_S_UNDER_EPILOGUE
+      const int qs = w % kQBufs;
       pc.lap(9);
-      Barrier::wait(&sm.bar_q[w % kQBufs], (w / kQBufs) & 1);
+      Barrier::wait(&sm.bar_q[qs], (w / kQBufs) & 1);
       pc.lap(0);
-#endif
       const int n = it.num_tiles;
       pc.count(10, n);
-      const int qs = w % kQBufs;
       if (n == 0) {
-        if constexpr (!Traits::kQRing) release_all(&sm.bar_q_empty[0]);
+        // No KV tile: the epilogue writes the rows as empty (l = 0).
       } else {
         // Software pipeline inside the warpgroup: the softmax of tile i runs while the tensor
         // cores do P V of tile i - 1 (FlashAttention-3's intra-warpgroup overlap).
@@ -432,7 +400,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         KvTile t = it.tile(0);
         {
           const int s = g % kStages;
-#if !BSK_ATTN_FIRST_S_UNDER_EPILOGUE
           Barrier::wait(&sm.bar_k[s], (g / kStages) & 1);
           pc.lap(1);
           turn_begin();
@@ -440,11 +407,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           turn_end();
           warpgroup_wait<0>();
           pc.lap(3);
-#endif
-          // K is consumed once S is in registers (the hook's metadata has its own ring), and
-          // Q too when this is the work tile's only KV tile.
+          // K is consumed once S is in registers (the hook's metadata has its own ring).
           release(&sm.bar_empty_k[s]);
-          if (!Traits::kQRing && n == 1) release_all(&sm.bar_q_empty[0]);
           softmax_tile(t, g, corr);  // O is still zero: nothing to rescale
           to_element(rP, tSrS);
         }
@@ -468,7 +432,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           warpgroup_wait<1>();  // S of tile i is ready; P V of tile i - 1 may still run
           pc.lap(3);
           release(&sm.bar_empty_k[s]);
-          if (!Traits::kQRing && i == n - 1) release_all(&sm.bar_q_empty[0]);
           rescale = softmax_tile(t, gi, corr);
 #if BSK_DENSE_PIN_SOFTMAX
           if constexpr (!kMeta) {
@@ -513,31 +476,21 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       const TileCoord tn = sched.coord(wt_next < sched.num_tiles ? wt_next : wt);
       const auto it_next = Mode::iterator(params, tn.m_block, tn.batch, tn.head_kv);
       const auto hook_next = Mode::hook(params, tn.m_block, row_in_cta0, tn.batch, tn.head_kv, &sm);
-#if BSK_ATTN_FIRST_S_UNDER_EPILOGUE
-      issue_first_qk(wt_next < sched.num_tiles, it_next.num_tiles, g, w + 1);
-#endif
       Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
       float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
       using Epi = StagedEpilogue<Element, kD>;
       static_assert(Epi::kStageCols * Traits::kWgRows == Traits::kStageElems, "stage size");
-      Element* const stage = Traits::kQRing
-                                 ? sm.q + qs * Traits::kQElems + cw * Traits::kQBlockElems
-                                 : sm.o_stage + cw * Traits::kStageElems;
+      // The stage is this warpgroup's block of the tile's Q buffer (its last S = Q K^T is done).
+      Element* const stage = sm.q + qs * Traits::kQElems + cw * Traits::kQBlockElems;
       Epi::store(tOrO, inv, lse, nan_row, stage, ob, a.o_stride[1], lb,
                  int64_t(m) * kBlockM + cw * Traits::kWgRows, row_in_cta0 - cw * Traits::kWgRows,
                  a.seqlen_q, ctid, cw);
-      if constexpr (Traits::kQRing) {
-        // The stage is this Q buffer: free for the producer's next load into it once every
-        // consumer thread is done with it (its generic accesses ordered before that load's
-        // async-proxy writes).
-        cutlass::arch::fence_view_async_shared();
-        release_all(&sm.bar_q_empty[qs]);
-      }
+      // The Q buffer is free for the producer's next load into it once every consumer thread
+      // is done with the stage (its generic accesses ordered before that load's async-proxy
+      // writes).
+      cutlass::arch::fence_view_async_shared();
+      release_all(&sm.bar_q_empty[qs]);
       pc.lap(8);
-#if BSK_ATTN_FIRST_S_UNDER_EPILOGUE
-      warpgroup_wait<0>();
-      pc.lap(3);
-#endif
       pc.count(11);
       wt = wt_next;
       tc = tn;

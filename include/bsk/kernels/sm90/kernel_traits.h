@@ -13,13 +13,6 @@
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cute/tensor.hpp>
 
-// Development switch: 1 gives Q a ring of two buffers, each warpgroup's block padded to hold
-// that warpgroup's epilogue stage (so the epilogue stages O in the finished tile's Q block and the
-// next tile's Q loads into the other buffer while the current tile runs).
-#ifndef BSK_ATTN_Q_RING
-#define BSK_ATTN_Q_RING 0
-#endif
-
 namespace bsk::sm90 {
 
 using namespace cute;
@@ -70,15 +63,15 @@ struct AttnTraits {
   using LayoutPAsA =
       Layout<Shape<Shape<_2, _2, _2>, _1, Int<kBlockN / 16>>, Stride<Stride<_1, _2, _4>, _0, _8>>;
 
-  // The epilogue stages each warpgroup's 64 output rows in shared memory, padded by 16 bytes
-  // (epilogue.h): in its own array, or with the Q ring in the warpgroup's block of the finished
-  // tile's Q buffer (each block then rounded up to whole 1 KB swizzle atoms).
-  static constexpr bool kQRing = BSK_ATTN_Q_RING != 0;
-  static constexpr int kQBufs = kQRing ? 2 : 1;
+  // Q has a ring of two buffers: the next work tile's Q loads into one while the current tile
+  // runs on the other, and the epilogue stages each warpgroup's 64 output rows (padded by 16
+  // bytes, epilogue.h) in that warpgroup's block of the finished tile's buffer, so each block is
+  // the larger of the two, rounded up to whole 1 KB swizzle atoms.
+  static constexpr int kQBufs = 2;
   static constexpr int kStageElems = kWgRows * (kHeadDim + 8);
   static constexpr int kAtomElems = 1024 / int(sizeof(Element));
-  static constexpr int kQBlockElems =
-      kQRing ? (kStageElems + kAtomElems - 1) / kAtomElems * kAtomElems : kWgRows * kHeadDim;
+  static_assert(kStageElems >= kWgRows * kHeadDim, "the stage covers the Q block");
+  static constexpr int kQBlockElems = (kStageElems + kAtomElems - 1) / kAtomElems * kAtomElems;
   static constexpr int kQElems = kConsumerWGs * kQBlockElems;  // one Q buffer
   static constexpr int kKVElems = kBlockN * kHeadDim * kStages;
 
@@ -86,7 +79,10 @@ struct AttnTraits {
     alignas(1024) Element q[kQBufs * kQElems];
     alignas(1024) Element k[kKVElems];
     alignas(1024) Element v[kKVElems];
-    alignas(16) Element o_stage[kQRing ? 8 : kConsumerWGs * kStageElems];
+    // Unused. The measured build of the Q ring (BSK_ATTN_Q_RING=1 at 54cc664) had these 16 bytes
+    // before the metadata arrays; without them the metadata's shared-memory offsets change and
+    // ptxas schedules the consumer loop differently (SASS diffed), which has not been timed.
+    alignas(16) Element unused_pad[8];
     // Key metadata of gathered and mixed tiles (j, n_j and u_j as the selection left them with
     // the tile's union; a mixed tile fills only n_j and u_j, by column), in a ring of its own
     // that is deeper than the K ring: the mask/gate hook still reads tile i's metadata after
@@ -97,8 +93,7 @@ struct AttnTraits {
     int32_t key_idx[kMetaSlots][kBlockN];   // key index j (INT32_MAX past the tile's end)
     int32_t key_rows[kMetaSlots][kBlockN];  // n_j: rows below it select j where it is a candidate
     float key_u[kMetaSlots][kBlockN];       // score u_j (0 where not finite), for the gate
-    // Q buffer s loaded / free again (without the ring: after the tile's last S = Q K^T; with
-    // it: after the tile's epilogue, which stages O there).
+    // Q buffer s loaded / free again (after the epilogue of the tile that used it).
     alignas(8) uint64_t bar_q[kQBufs];
     uint64_t bar_q_empty[kQBufs];
     int next_tile[2];      // the work tile after work tile w, in slot w % 2
