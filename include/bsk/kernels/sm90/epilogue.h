@@ -38,7 +38,7 @@ struct StagedEpilogue {
                                int64_t row_stride, float* lse_bh, int64_t wg_first_row,
                                int row_in_wg0, int64_t seqlen_q, int ctid, int cw) {
     const int lane = ctid % 32, col0 = 2 * (lane % 4);
-    wg_sync(cw);  // the previous work tile's copies out of the stage are done
+    wg_sync(cw);  // every warp is done with the stage's previous contents (the tile's Q block)
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       Element* row = stage + (row_in_wg0 + 8 * b) * kStageCols;
