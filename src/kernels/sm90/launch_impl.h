@@ -21,8 +21,8 @@ using FwdTraits = AttnTraits<Element, kHeadDim, kBlockN, /*kStages=*/2>;
 // (cuDNN in the same processes moves by up to 5%). So: non-causal the smaller of
 // ceil(Sk / N) * (N + 32) (32 keys of per-tile overhead), causal 192 from Sk 4096 on. 256 keys
 // spill (412 bytes at 168 registers); the 192-key kernel spills 8 bytes. BSK_DENSE_D64_BLOCKN=
-// 128|192 (read once) forces one, for measurement and for the tests. SparseK keeps 128 (one
-// metadata key per producer thread).
+// 128|192 (read once) forces one, for measurement (the kernel tests passed with 192 forced for
+// every D = 64 shape). SparseK keeps 128 (one metadata key per producer thread).
 inline int dense_d64_block_n(int64_t sk, bool causal) {
   static const int forced = [] {
     const char* v = std::getenv("BSK_DENSE_D64_BLOCKN");

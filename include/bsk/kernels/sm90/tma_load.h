@@ -49,7 +49,7 @@ __device__ __forceinline__ void tma_load_box(void* smem, const CUtensorMap* map,
 // per run of 1 KB atoms). Thread 0 of the producer arms bar with all their bytes and issues the
 // boxes; every other producer thread only arrives.
 template <class Element, int kRows, int kHeadDim, int kBlocks = 1,
-          int kBlockStride = kRows* kHeadDim>
+          int kBlockStride = (kRows * kHeadDim)>
 __device__ __forceinline__ void tma_load_tile(Element* dst, const CUtensorMap* map, int row,
                                               int head, int batch, uint64_t* bar, int tid) {
   constexpr uint32_t kBytes = uint32_t(kBlocks) * kRows * kHeadDim * sizeof(Element);
