@@ -3,27 +3,22 @@
 # and of each candidate's CUDA flags, built in parallel, then scripts/time_kernels.py on each in
 # turn, REPS rounds (default 2), so that every variant is timed in the same process state.
 #   scripts/attn_variants.sh OUTDIR FLAGS [FLAGS ...]
-#   TK_ARGS: time_kernels.py arguments (default: --no-flash --kernels, the seed shape).
+#   TK_ARGS: time_kernels.py arguments (default: --no-flash --kernels and the bench's score
+#   slope at the seed shape, 1 / 4096; time_kernels.py's own default slope is 0.001).
 # Results: OUTDIR/time_<name>_<rep>.txt; OUTDIR.tgz packs OUTDIR after each round.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lean_build.sh
 OUT=${1:?usage: scripts/attn_variants.sh OUTDIR FLAGS [FLAGS ...]}
 shift
 [[ $# -ge 1 ]] || { echo "usage: scripts/attn_variants.sh OUTDIR FLAGS [FLAGS ...]"; exit 2; }
 PY=${PYTHON:-python3}
 REPS=${REPS:-2}
-TK_ARGS=${TK_ARGS:---no-flash --kernels}
+TK_ARGS=${TK_ARGS:---no-flash --kernels --slope 0.000244140625}
 mkdir -p "$OUT"
-pack() { tar czf "$OUT.tgz.tmp" -C "$(dirname "$OUT")" "$(basename "$OUT")" && mv "$OUT.tgz.tmp" "$OUT.tgz"; }
-build() {  # name, cuda flags
-  local b=/tmp/bsk_av_$1 pk=/tmp/bsk_av_$1/pkg
-  mkdir -p "$pk" && rm -rf "$pk/blackwell_sparsek" && cp -r python/blackwell_sparsek "$pk/"
-  local args=(-DCMAKE_BUILD_TYPE=Release -DBSK_LEAN=ON -DBSK_BUILD_TESTS=OFF
-              -DBSK_PYTHON_MODULE_DIR="$pk/blackwell_sparsek"
-              -DPython_EXECUTABLE="$(command -v $PY)" "-DCMAKE_CUDA_FLAGS=$2")
-  [[ -f .deps/cutlass/cute/tensor.hpp ]] && args+=(-DBSK_CUTLASS_DIR="$PWD/.deps/cutlass")
-  cmake -S . -B "$b" -G Ninja "${args[@]}" > "$OUT/configure_$1.log" 2>&1 &&
-    cmake --build "$b" -j "$3" > "$OUT/build_$1.log" 2>&1 || touch "$OUT/build_$1.failed"
+build() {  # name, cuda flags, jobs
+  lean_build "/tmp/bsk_av_$1" "$OUT/configure_$1.log" "$OUT/build_$1.log" OFF "$3" \
+    "-DCMAKE_CUDA_FLAGS=$2" || touch "$OUT/build_$1.failed"
 }
 t0=$(date +%s)
 names=(base)
@@ -44,5 +39,5 @@ for r in $(seq 1 "$REPS"); do
       > "$OUT/time_${n}_$r.txt" 2>&1
     echo "== $n rep $r"; cat "$OUT/time_${n}_$r.txt"
   done
-  pack
+  pack_dir "$OUT"
 done

@@ -143,13 +143,10 @@ if has phases; then
   # A second, lean build with BSK_ATTN_PROFILE (its extension goes to its own package copy) and
   # the per-phase cycle counts of the attention kernels at the seed shape.
   PB="$BUILD-phases"
-  mkdir -p "$PB/pkg" && rm -rf "$PB/pkg/blackwell_sparsek" && cp -r python/blackwell_sparsek "$PB/pkg/"
   t0=$(date +%s)
-  args=(-DCMAKE_BUILD_TYPE=Release -DBSK_LEAN=ON -DBSK_BUILD_TESTS=OFF -DBSK_ATTN_PROFILE=ON
-        -DBSK_PYTHON_MODULE_DIR="$PWD/$PB/pkg/blackwell_sparsek" -DPython_EXECUTABLE="$(command -v $PY)")
-  [[ -f .deps/cutlass/cute/tensor.hpp ]] && args+=(-DBSK_CUTLASS_DIR="$PWD/.deps/cutlass")
-  if cmake -S . -B "$PB" -G Ninja "${args[@]}" > "$OUT/phases_configure.log" 2>&1 &&
-     cmake --build "$PB" -j "$JOBS" > "$OUT/phases_build.log" 2>&1; then
+  source scripts/lean_build.sh
+  if lean_build "$PWD/$PB" "$OUT/phases_configure.log" "$OUT/phases_build.log" OFF "$JOBS" \
+       -DBSK_ATTN_PROFILE=ON; then
     log "phases build ok ($(( $(date +%s) - t0 )) s)"
     for c in dense_causal sparsek dense; do
       PYTHONPATH="$PWD/$PB/pkg:$PWD/bench" timeout $T $PY scripts/attn_phases.py run $c \

@@ -9,18 +9,13 @@
 # Logs and results go to OUTDIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lean_build.sh
 OUT=${1:?usage: scripts/select_knobs.sh OUTDIR}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 t0=$(date +%s)
 b=/tmp/bsk_knobs pk=/tmp/bsk_knobs/pkg
-mkdir -p "$pk" && rm -rf "$pk/blackwell_sparsek" && cp -r python/blackwell_sparsek "$pk/"
-args=(-DCMAKE_BUILD_TYPE=Release -DBSK_LEAN=ON -DBSK_BUILD_TESTS=ON
-      -DBSK_PYTHON_MODULE_DIR="$pk/blackwell_sparsek" -DPython_EXECUTABLE="$(command -v $PY)")
-[[ -f .deps/cutlass/cute/tensor.hpp ]] && args+=(-DBSK_CUTLASS_DIR="$PWD/.deps/cutlass")
-[[ -f .deps/googletest/CMakeLists.txt ]] && args+=(-DBSK_GTEST_SOURCE_DIR="$PWD/.deps/googletest")
-{ cmake -S . -B "$b" -G Ninja "${args[@]}" > "$OUT/configure.log" 2>&1 &&
-  cmake --build "$b" -j "$(nproc)" > "$OUT/build.log" 2>&1; } ||
+lean_build "$b" "$OUT/configure.log" "$OUT/build.log" ON "$(nproc)" ||
   { echo "build failed"; tail -n 30 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 timeout 300 "$b/bsk_tests" --gtest_filter='SelectGpu.*' --gtest_brief=1 > "$OUT/gtest.log" 2>&1

@@ -12,6 +12,7 @@
 # back what ran).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lean_build.sh
 OUT=${1:?usage: scripts/select_variants.sh OUTDIR FLAGS [FLAGS ...]}
 shift
 [[ $# -ge 1 ]] || { echo "usage: scripts/select_variants.sh OUTDIR FLAGS [FLAGS ...]"; exit 2; }
@@ -19,17 +20,10 @@ CANDS=("$@")
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 t0=$(date +%s)
-pack() { tar czf "$OUT.tgz.tmp" -C "$(dirname "$OUT")" "$(basename "$OUT")" && mv "$OUT.tgz.tmp" "$OUT.tgz"; }
+pack() { pack_dir "$OUT"; }
 build() {  # name, tests ON/OFF, cuda flags
-  local b=/tmp/bsk_sel_$1 pk=/tmp/bsk_sel_$1/pkg
-  mkdir -p "$pk" && rm -rf "$pk/blackwell_sparsek" && cp -r python/blackwell_sparsek "$pk/"
-  local args=(-DCMAKE_BUILD_TYPE=Release -DBSK_LEAN=ON -DBSK_BUILD_TESTS="$2"
-              -DBSK_PYTHON_MODULE_DIR="$pk/blackwell_sparsek"
-              -DPython_EXECUTABLE="$(command -v $PY)" "-DCMAKE_CUDA_FLAGS=$3")
-  [[ -f .deps/cutlass/cute/tensor.hpp ]] && args+=(-DBSK_CUTLASS_DIR="$PWD/.deps/cutlass")
-  [[ -f .deps/googletest/CMakeLists.txt ]] && args+=(-DBSK_GTEST_SOURCE_DIR="$PWD/.deps/googletest")
-  cmake -S . -B "$b" -G Ninja "${args[@]}" > "$OUT/configure_$1.log" 2>&1 &&
-    cmake --build "$b" -j 4 > "$OUT/build_$1.log" 2>&1 || touch "$OUT/build_$1.failed"
+  lean_build "/tmp/bsk_sel_$1" "$OUT/configure_$1.log" "$OUT/build_$1.log" "$2" 4 \
+    "-DCMAKE_CUDA_FLAGS=$3" || touch "$OUT/build_$1.failed"
 }
 names=(base)
 build base OFF "" &

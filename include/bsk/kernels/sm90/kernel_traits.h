@@ -64,10 +64,11 @@ struct AttnTraits {
   using LayoutPAsA =
       Layout<Shape<Shape<_2, _2, _2>, _1, Int<kBlockN / 16>>, Stride<Stride<_1, _2, _4>, _0, _8>>;
 
-  // Q has a ring of two buffers: the next work tile's Q loads into one while the current tile
-  // runs on the other, and the epilogue stages each warpgroup's 64 output rows (padded by 16
-  // bytes, epilogue.h) in that warpgroup's block of the finished tile's buffer, so each block is
-  // the larger of the two, rounded up to whole 1 KB swizzle atoms.
+  // Q has a ring of kQBufs buffers (two by default: the next work tile's Q loads into one while
+  // the current tile runs on the other; one where the K/V stages leave no room), and the epilogue
+  // stages each warpgroup's 64 output rows (padded by 16 bytes, epilogue.h) in that warpgroup's
+  // block of the finished tile's buffer, so each block is the larger of the two, rounded up to
+  // whole 1 KB swizzle atoms.
   static constexpr int kQBufs = kQBufs_;
   static constexpr int kStageElems = kWgRows * (kHeadDim + 8);
   static constexpr int kAtomElems = 1024 / int(sizeof(Element));
