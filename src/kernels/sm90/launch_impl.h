@@ -1,11 +1,6 @@
 // Definitions of the instantiation entry points: the tile configuration per head dim.
 #pragma once
 
-// The development variant BSK_DENSE_D128_WIDE (below) needs CuTe's 64 x 176 WGMMA shapes.
-#if defined(BSK_DENSE_D128_WIDE) && !defined(CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)
-#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
-#endif
-
 #include <cstdlib>
 
 #include "bsk/kernels/sm90/attention_kernel.h"
@@ -48,21 +43,6 @@ void run_dense_fwd(const kernels::AttnFwdParams& p) {
       return;
     }
   }
-#if defined(BSK_DENSE_D128_WIDE)
-  // Development variant (compiled, not yet run): non-causal D = 128 with 176-key tiles, as
-  // FlashAttention-3 uses. Their K/V stages (180 KB) leave room for one Q buffer only (holding
-  // the epilogue stage, so the next tile's Q waits for this tile's epilogue), and the producer
-  // keeps BSK_DENSE_D128_WIDE registers (at 40 the consumers get 232; ptxas then spills 148
-  // bytes, two reloads per KV tile in the consumer loop, the rest outside it and in the
-  // producer).
-  if constexpr (kHeadDim == 128) {
-    if (!p.causal) {
-      launch_attention_fwd<AttnTraits<Element, 128, 176, 2, 1, BSK_DENSE_D128_WIDE>, DenseMode>(p,
-                                                                                                p);
-      return;
-    }
-  }
-#endif
   launch_attention_fwd<FwdTraits<Element, kHeadDim>, DenseMode>(p, p);
 }
 
