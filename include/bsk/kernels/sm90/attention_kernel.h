@@ -49,22 +49,17 @@ struct DenseMode {
 template <class Traits>
 struct SparseKMode {
   static constexpr bool kHasMeta = true;  // gathered tiles' key metadata ring
-#if defined(BSK_SPARSEK_TMA_REGS)
-  // Development variant: TMA with BSK_SPARSEK_TMA_REGS producer registers.
+  // TMA for Q and the whole contiguous tiles (the window's, which the iterator makes whole where
+  // the window is a multiple of the tile), cp.async for the gathered and partial ones. With both
+  // load paths in its loop the producer once spilled at 72 registers (v21 in docs/kernel_notes.md);
+  // it no longer does, and the seed shape's attention kernel is 2.6% faster with TMA and whole
+  // window tiles than on cp.async (4721 -> 4599 us, H200).
   static constexpr bool kTma = true;
-  static constexpr int kProducerRegs = BSK_SPARSEK_TMA_REGS;
-#else
-  // The producer's two load paths (gathered cp.async, contiguous TMA) in one loop spill at
-  // Traits::kProducerRegs, which cost more than TMA saved (docs/kernel_notes.md, v21).
-  static constexpr bool kTma = false;
   static constexpr int kProducerRegs = Traits::kProducerRegs;
-#endif
   using Params = kernels::SparseKFwdParams;
   using Iterator = SparseKKvIterator<Traits::kBlockM, Traits::kBlockN>;
   using Hook = SparseKMaskHook<Traits::kBlockN, typename Traits::SharedStorage>;
-  __device__ static const kernels::AttnFwdParams& attn(const Params& p) {
-    return p.attn;
-  }
+  __device__ static const kernels::AttnFwdParams& attn(const Params& p) { return p.attn; }
   __device__ static Iterator iterator(const Params& p, int m, int b, int hkv) {
     return Iterator(p, m, b, hkv);
   }

@@ -87,6 +87,11 @@ struct SparseKKvIterator {
     if (p.window > 0) {
       win_lo = int(p0 - p.window + 1 < 0 ? 0 : p0 - p.window + 1);
       win_end = int(p1 + 1);
+      // One key lower when that makes every window tile whole (a full query tile and a window
+      // that is a multiple of kBlockN: kBlockN - 1 + window keys), so that none is a partial
+      // tile on cp.async. The extra key is older than every row's window and not among the
+      // union's newer keys: the masks drop it (the union's older part holds it if selected).
+      if (win_lo > 0 && (win_end - win_lo) % kBlockN == kBlockN - 1) --win_lo;
       num_window = (win_end - win_lo + kBlockN - 1) / kBlockN;
     } else if (mix_count > 0) {
       // No window: the union keys newer than p0 (candidates of some rows only) form one mixed
@@ -112,7 +117,8 @@ struct SparseKKvIterator {
       t.start = start;
       t.count = rest < kBlockN ? rest : kBlockN;
       if (it == num_gathered && mix_count > 0) {
-        // The union's last mix_count keys, all in [win_lo, win_lo + kBlockN - 1).
+        // The union's last mix_count keys, all in [L0, L0 + kBlockN - 1) (L0 = p0 - window + 1,
+        // the first row's candidate count), inside this tile (which starts at L0 or L0 - 1).
         t.mixed = true;
         t.list = list + old_count;
         t.rows = rows + old_count;

@@ -2,8 +2,9 @@
 // into the stage ring (16-byte chunks written straight into the swizzled layout WGMMA reads), so
 // contiguous and gathered rows share one path. Completion is signalled on mbarriers with
 // cp.async.mbarrier.arrive.noinc: each of the 128 producer threads arrives once per barrier
-// phase, after its own copies land. Dense attention loads Q and its whole tiles through TMA
-// instead (tma_load.h), on the same barriers; gathered and partial tiles always come here.
+// phase, after its own copies land. Q and whole contiguous tiles (dense, and SparseK's window)
+// go through TMA instead (tma_load.h), on the same barriers; gathered and partial tiles always
+// come here.
 #pragma once
 
 #include <cutlass/arch/barrier.h>
