@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bsk/kernels/sm90/sparsek_select_core.h"
+#include "bsk/kernels/sm90/sparsek_select_walk.h"
 #include "select_host.h"
 
 namespace sc = bsk::select_core;
@@ -686,6 +687,66 @@ TEST(SelectCoreSweep, StepsMatchFromScratchAndRecount) {
     ASSERT_EQ(emitted, n - k);
     ASSERT_LE(selected, n - k - 1);
   }
+}
+
+// The row-ascending walk (sparsek_select_walk.h): every row from L = k + 1 up to the first
+// non-finite key equals the core's from-scratch row (tau bit for bit, theta, n_active) and the
+// brute force's theta and n_active, and theta's departures match the brute-force selections.
+TEST(SelectWalk, RowsMatchFreshStartsAndBrute) {
+  std::mt19937_64 rng(77 + stress());
+  int rows = 0;
+  long long steps = 0;
+  for (int iter = 0; iter < 400 * stress(); ++iter) {
+    const int n = 1 + static_cast<int>(rng() % 200);
+    const Dist d = static_cast<Dist>(rng() % static_cast<int>(Dist::kCount));
+    std::vector<float> u = make_scores(n, d, rng);
+    Sorted s = sort_keys(u);
+    HostKeys keys = s.keys();
+    const int64_t k = static_cast<int64_t>(rng() % (n + 1));
+    const int lend = static_cast<int>(std::min<int64_t>(n, s.fnf));  // finite prefixes only
+    if (k >= lend) continue;
+    auto fresh_row = [&](int L) {
+      Table t = table_for_L(keys, L, 5);
+      sc::RowOut out{};
+      int a, b;
+      sc::run_chunk(
+          keys, row_of(t, 0), L, L, k, s.fx, [&](int, const sc::RowOut& r) { out = r; },
+          [](int, int) {}, a, b);
+      return out;
+    };
+    std::vector<uint32_t> mask((n + 31) / 32, 0u);
+    const int l0 = static_cast<int>(k) + 1;
+    for (int j = 0; j < l0; ++j) mask[keys.pos(j) >> 5] |= 1u << (keys.pos(j) & 31);
+    sc::WalkState st;
+    sc::walk_start(keys, mask.data(), l0, k, s.fx, st);
+    std::vector<int> last(n, -1);  // the last L at which each key left theta's set
+    for (int L = l0;; ++L) {
+      ASSERT_EQ(st.L, L);
+      const sc::RowOut w = sc::walk_row(keys, mask.data(), st, k, s.fx);
+      const sc::RowOut f = fresh_row(L);
+      const BruteRow b = brute_row(u, L, k);
+      const std::string at = std::string(dist_name(d)) + " n=" + std::to_string(n) +
+                             " k=" + std::to_string(k) + " L=" + std::to_string(L);
+      ASSERT_EQ(sc::float_bits(w.tau), sc::float_bits(f.tau)) << at << " " << w.tau << " " << f.tau;
+      ASSERT_EQ(w.theta_idx, f.theta_idx) << at;
+      ASSERT_EQ(w.theta_idx, b.theta_idx) << at;
+      ASSERT_EQ(w.n_active, f.n_active) << at;
+      ASSERT_EQ(w.n_active, b.n_active) << at;
+      rows++;
+      if (L == lend) break;
+      sc::walk_add(keys, mask.data(), k, s.fx, st, [&](int r, int lq) { last[keys.idx(r)] = lq; });
+    }
+    // A key that left at L was selected at L and not at L + 1.
+    for (int j = 0; j < n; ++j) {
+      if (last[j] < 0) continue;
+      const BruteRow in = brute_row(u, last[j], k), out = brute_row(u, last[j] + 1, k);
+      ASSERT_NE(std::find(in.sel.begin(), in.sel.end(), j), in.sel.end());
+      ASSERT_EQ(std::find(out.sel.begin(), out.sel.end(), j), out.sel.end());
+    }
+    steps += st.steps;
+  }
+  EXPECT_GT(rows, 5000 * stress());
+  std::printf("[ SelectWalk ] %d rows, %lld breakpoints crossed\n", rows, steps);
 }
 
 TEST(SelectCoreBrute, RandomSmallCases) {
