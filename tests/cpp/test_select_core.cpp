@@ -749,6 +749,63 @@ TEST(SelectWalk, RowsMatchFreshStartsAndBrute) {
   std::printf("[ SelectWalk ] %d rows, %lld breakpoints crossed\n", rows, steps);
 }
 
+// A walk started from the core's own start (init_lane at L, ticks to its row, walk_from_sweep),
+// as a chunk of a kernel would start, then walked up: every row equals the from-scratch row.
+TEST(SelectWalk, StartsFromTheCoreState) {
+  std::mt19937_64 rng(78 + stress());
+  int rows = 0;
+  for (int iter = 0; iter < 600 * stress(); ++iter) {
+    const int n = 1 + static_cast<int>(rng() % 300);
+    const Dist d = static_cast<Dist>(rng() % static_cast<int>(Dist::kCount));
+    std::vector<float> u = make_scores(n, d, rng);
+    Sorted s = sort_keys(u);
+    HostKeys keys = s.keys();
+    const int64_t k = static_cast<int64_t>(rng() % (n + 1));
+    const int lend = static_cast<int>(std::min<int64_t>(n, s.fnf));
+    if (k >= lend) continue;
+    const int wdlog = 5 + static_cast<int>(rng() % 2);
+    auto fresh_row = [&](int L) {
+      Table t = table_for_L(keys, L, wdlog);
+      sc::RowOut out{};
+      int a, b;
+      sc::run_chunk(
+          keys, row_of(t, 0), L, L, k, s.fx, [&](int, const sc::RowOut& r) { out = r; },
+          [](int, int) {}, a, b);
+      return out;
+    };
+    const int l0 = static_cast<int>(k) + 1 + static_cast<int>(rng() % (lend - k));
+    Table t = table_for_L(keys, l0, wdlog);
+    sc::Lane ln;
+    sc::init_lane(keys, row_of(t, 0), l0, l0, k, s.fx.one, ln);
+    int ticks = 0;
+    while (!sc::row_ready(keys, ln, s.fx.one)) {
+      sc::tick(
+          keys, ln, k, s.fx, [](int, const sc::RowOut&) {}, [](int, int) {});
+      ASSERT_LT(++ticks, 100000);
+    }
+    ASSERT_EQ(ln.st.L, l0);
+    std::vector<uint32_t> mask((n + 31) / 32, 0u);
+    for (int j = 0; j < l0; ++j) mask[keys.pos(j) >> 5] |= 1u << (keys.pos(j) & 31);
+    sc::WalkState st;
+    sc::walk_from_sweep(keys, mask.data(), ln.st, k, s.fx, st);
+    const int lstop = std::min(lend, l0 + 1 + static_cast<int>(rng() % 64));
+    for (int L = l0;; ++L) {
+      const sc::RowOut w = sc::walk_row(keys, mask.data(), st, k, s.fx);
+      const sc::RowOut f = fresh_row(L);
+      const std::string at = std::string(dist_name(d)) + " n=" + std::to_string(n) +
+                             " k=" + std::to_string(k) + " l0=" + std::to_string(l0) +
+                             " L=" + std::to_string(L);
+      ASSERT_EQ(sc::float_bits(w.tau), sc::float_bits(f.tau)) << at;
+      ASSERT_EQ(w.theta_idx, f.theta_idx) << at;
+      ASSERT_EQ(w.n_active, f.n_active) << at;
+      rows++;
+      if (L >= lstop) break;
+      sc::walk_add(keys, mask.data(), k, s.fx, st, [](int, int) {});
+    }
+  }
+  EXPECT_GT(rows, 5000 * stress());
+}
+
 TEST(SelectCoreBrute, RandomSmallCases) {
   std::mt19937_64 rng(2024 + stress());
   int cases = 0;

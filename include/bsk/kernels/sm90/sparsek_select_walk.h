@@ -130,6 +130,28 @@ BSK_SEL_HD void walk_start(const K& keys, const uint32_t* mask, int L0, int64_t 
   walk_solve(keys, mask, k, fx, st);
 }
 
+// The walk's state from the core's sweep state at its row (row_ready: T = tau), mask holding the
+// keys idx < st.L. This is how a chunk would start from the core's table-based start (init_lane
+// / init_lane_falsi, then the ticks to its first row) instead of walk_start's O(L) walk. The core
+// keeps keys at exactly T apart (ne, ranks [p2, p3)) and counts v == T + 1 as saturated; the walk
+// counts the first as dead and the second as active (the piece above T).
+template <class K>
+BSK_SEL_HD void walk_from_sweep(const K& keys, const uint32_t* mask, const SweepState& sw,
+                                int64_t k, const Fixed& fx, WalkState& st) {
+  st = WalkState();
+  st.L = sw.L;
+  st.tn = sw.tn;
+  st.td = sw.td;
+  st.th = k > 0 ? sw.th.p : -1;
+  st.ns = sw.ns;
+  st.na = sw.na;
+  st.sa = sw.sa;
+  st.s = prev_set(mask, sw.p1.p - 1) + 1;          // saturated: the entered ranks < p1
+  const int pa = prev_set(mask, sw.p2.p - 1) + 1;  // v > T: the entered ranks < p2
+  st.a = pa > st.s ? pa : st.s;
+  walk_normalize(keys, mask, fx, st);  // v == T + 1: saturated -> active
+}
+
 // Adds key st.L (sets its bit in mask) and moves to prefix length st.L + 1. on_leave(r, L): the
 // key at rank r stops being selected after prefix length L (theta passed it).
 template <class K, class OnLeave>
