@@ -164,8 +164,11 @@ struct EmuOut {
 
 // linear_cut: chunk bounds from sc::chunk_cost's octave-linear log with 4 k ln L (the other model
 // of tools/select_sweep_sim.cpp) instead of the kernel's cut, RowPlan's default.
+// walk: the chunks walked upwards (sparsek_select_walk.h, run_chunk_walk) with a table for each
+// chunk's first L, instead of the core's downward ticks.
 EmuOut select_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window,
-                      int chunks, int wdlog, int tile_q, bool linear_cut = false) {
+                      int chunks, int wdlog, int tile_q, bool linear_cut = false,
+                      bool walk = false) {
   const int n = static_cast<int>(u.size());
   Sorted s = sort_keys(u);
   HostKeys keys = s.keys();
@@ -195,7 +198,27 @@ EmuOut select_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_
     if (kind == 0) put(i, sc::trivial_row());
     if (kind == 1) put(i, sc::nan_row());
   }
-  if (used > 0) {
+  if (used > 0 && walk) {
+    // Chunk c covers L in (bound[c + 1], bound[c]]; its walk starts at wb[c] = bound[c + 1] + 1.
+    std::vector<int64_t> wb(used + 1);
+    for (int c = 0; c < used; ++c) wb[c] = bound[c + 1] + 1;
+    wb[used] = wb[used - 1] - 1;
+    Table t = build_table(keys, wb.data(), used, wdlog);
+    int th0 = -1;
+    for (int c = 0; c < used; ++c) {
+      std::vector<uint32_t> mask((n + 31) / 32, 0u);
+      for (int j = 0; j < wb[c]; ++j) mask[keys.pos(j) >> 5] |= 1u << (keys.pos(j) & 31);
+      int th_top = -1;
+      sc::run_chunk_walk(
+          keys, mask.data(), row_of(t, c), static_cast<int>(wb[c]), static_cast<int>(bound[c]),
+          c > 0, k, s.fx, [&](int L, const sc::RowOut& r) { put(L - p.lbase, r); },
+          [&](int r, int L) { o.d[keys.idx(r)] = L; }, th_top);
+      if (c == 0) th0 = th_top;
+    }
+    // Chunk 0 ends at the top computed row: everything selected there.
+    for (int r = 0; r <= th0; ++r)
+      if (keys.idx(r) < bound[0]) o.d[keys.idx(r)] = bound[0];
+  } else if (used > 0) {
     Table t = build_table(keys, bound.data(), used, wdlog);
     std::vector<int> th_start(used), th_end(used);
     for (int c = 0; c < used; ++c) {
@@ -233,11 +256,12 @@ std::string case_name(int n, int64_t sq, int64_t k, int64_t w, int chunks, int w
 // Compares the emulated kernel against the brute force. Returns the number of mismatches
 // (reported through gtest, capped).
 int check_case(const std::vector<float>& u, int64_t sq, int64_t k, int64_t window, int chunks,
-               int wdlog, int tile_q, const std::string& dist, bool linear_cut = false) {
+               int wdlog, int tile_q, const std::string& dist, bool linear_cut = false,
+               bool walk = false) {
   const int n = static_cast<int>(u.size());
-  const std::string name =
-      case_name(n, sq, k, window, chunks, wdlog, dist) + (linear_cut ? " linear cut" : "");
-  EmuOut o = select_emulate(u, sq, k, window, chunks, wdlog, tile_q, linear_cut);
+  const std::string name = case_name(n, sq, k, window, chunks, wdlog, dist) +
+                           (linear_cut ? " linear cut" : "") + (walk ? " walk" : "");
+  EmuOut o = select_emulate(u, sq, k, window, chunks, wdlog, tile_q, linear_cut, walk);
   int bad = 0;
   auto fail = [&](const std::string& what) {
     if (bad++ < 5) ADD_FAILURE() << name << ": " << what;
@@ -804,6 +828,34 @@ TEST(SelectWalk, StartsFromTheCoreState) {
     }
   }
   EXPECT_GT(rows, 5000 * stress());
+}
+
+// The kernel glue with walked chunks (select_emulate(..., walk = true)): rows, D_j, unions and
+// n_j against the brute force, on the families of the core's own brute-force tests.
+TEST(SelectWalk, EmulatedChunksMatchBrute) {
+  std::mt19937_64 rng(79 + stress());
+  int cases = 0;
+  for (int iter = 0; iter < 1500 * stress(); ++iter) {
+    const int n = static_cast<int>(pick(rng, {1, 2, 3, 5, 8, 17, 33, 64, 113, 150, 257}));
+    const Dist d = static_cast<Dist>(rng() % static_cast<int>(Dist::kCount));
+    std::vector<float> u = make_scores(n, d, rng);
+    const int64_t k =
+        pick(rng, {0, 1, 2, 7, 16, n - 1, n, n + 5, static_cast<int64_t>(rng() % (n + 1))});
+    const int64_t w = pick(rng, {0, 1, 3, 16, n, n + 3, static_cast<int64_t>(rng() % (n + 1))});
+    const int64_t sq = pick(rng, {1, n, 1 + static_cast<int64_t>(rng() % n)});
+    if (k < 0 || (k == 0 && w == 0)) continue;
+    const int chunks = static_cast<int>(pick(rng, {1, 2, 5, 32}));
+    const int wdlog = static_cast<int>(pick(rng, {5, 6, 7}));
+    const int tile_q = static_cast<int>(pick(rng, {1, 3, 16, 128}));
+    if (check_case(u, sq, k, w, chunks, wdlog, tile_q, dist_name(d), false, true) > 0) return;
+    cases++;
+  }
+  EXPECT_GT(cases, 1200 * stress());
+  for (Dist d : {Dist::kNormal, Dist::kTies3, Dist::kTiesInt, Dist::kConst, Dist::kNonFinite}) {
+    std::vector<float> u = make_scores(1000, d, rng);
+    EXPECT_EQ(check_case(u, 1000, 64, 100, 32, 6, 128, dist_name(d), false, true), 0);
+    EXPECT_EQ(check_case(u, 1000, 7, 0, 32, 5, 64, dist_name(d), false, true), 0);
+  }
 }
 
 TEST(SelectCoreBrute, RandomSmallCases) {

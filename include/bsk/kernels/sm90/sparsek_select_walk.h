@@ -205,4 +205,30 @@ BSK_SEL_HD RowOut walk_row(const K& keys, const uint32_t* mask, const WalkState&
   return o;
 }
 
+// One chunk of a kernel sweep walked upwards: the rows L = lo .. hi (emit(L, RowOut)), started
+// from the core's table-based start at lo (table row t is for L = lo; mask holds the keys
+// idx < lo and is updated), with on_leave(r, L) for every key that theta's set loses after L.
+// With more_above (a chunk starts at hi + 1), key hi is added once more without a row, so the
+// key that leaves between the two chunks is seen too. th_top: theta's rank at hi (the top
+// chunk's selection at the last computed row is what the caller marks from it).
+template <class K, class CntT, class Emit, class OnLeave>
+BSK_SEL_HD void run_chunk_walk(const K& keys, uint32_t* mask, const TableRow<CntT>& t, int lo,
+                               int hi, bool more_above, int64_t k, const Fixed& fx, Emit&& emit,
+                               OnLeave&& on_leave, int& th_top) {
+  Lane ln;
+  init_lane_falsi(keys, t, lo, lo, k, fx.one, ln);
+  while (!row_ready(keys, ln, fx.one))
+    tick(
+        keys, ln, k, fx, [](int, const RowOut&) {}, [](int, int) {});
+  WalkState st;
+  walk_from_sweep(keys, mask, ln.st, k, fx, st);
+  for (;;) {
+    emit(st.L, walk_row(keys, mask, st, k, fx));
+    if (st.L >= hi) break;
+    walk_add(keys, mask, k, fx, st, on_leave);
+  }
+  th_top = st.th;
+  if (more_above) walk_add(keys, mask, k, fx, st, on_leave);
+}
+
 }  // namespace bsk::select_core
