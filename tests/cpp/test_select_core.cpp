@@ -628,6 +628,17 @@ TEST(SelectCoreSweep, FalsiStartMatchesBisection) {
       double(evals) / cases, double(bisect) / cases);
 }
 
+// The core's row at prefix length L from scratch: a one-row chunk from a table for L.
+sc::RowOut fresh_row(const HostKeys& keys, const sc::Fixed& fx, int L, int64_t k, int wdlog) {
+  Table t = table_for_L(keys, L, wdlog);
+  sc::RowOut out{};
+  int a, b;
+  sc::run_chunk(
+      keys, row_of(t, 0), L, L, k, fx, [&](int, const sc::RowOut& r) { out = r; }, [](int, int) {},
+      a, b);
+  return out;
+}
+
 // Every row the tick machine emits (sweeping from L = n down) must come from a state whose
 // partition matches a full recount and equal a fresh start at that L.
 TEST(SelectCoreSweep, StepsMatchFromScratchAndRecount) {
@@ -642,15 +653,7 @@ TEST(SelectCoreSweep, StepsMatchFromScratchAndRecount) {
     if (k >= n) continue;
     const int64_t one = s.fx.one;
     const int wdlog = 5 + static_cast<int>(rng() % 2);
-    auto fresh_row = [&](int L) {
-      Table t = table_for_L(keys, L, wdlog);
-      sc::RowOut out{};
-      int a, b;
-      sc::run_chunk(
-          keys, row_of(t, 0), L, L, k, s.fx, [&](int, const sc::RowOut& r) { out = r; },
-          [](int, int) {}, a, b);
-      return out;
-    };
+    auto fresh = [&](int L) { return fresh_row(keys, s.fx, L, k, wdlog); };
     Table t = table_for_L(keys, n, wdlog);
     sc::Lane ln;
     sc::init_lane(keys, row_of(t, 0), n, static_cast<int>(k) + 1, k, one, ln);
@@ -694,7 +697,7 @@ TEST(SelectCoreSweep, StepsMatchFromScratchAndRecount) {
     auto check_row = [&](int L, const sc::RowOut& row) {
       ASSERT_EQ(L, n - emitted);
       emitted++;
-      const sc::RowOut f = fresh_row(L);
+      const sc::RowOut f = fresh(L);
       ASSERT_EQ(f.tau, row.tau);
       ASSERT_EQ(f.theta_idx, row.theta_idx);
       ASSERT_EQ(f.n_active, row.n_active);
@@ -729,15 +732,7 @@ TEST(SelectWalk, RowsMatchFreshStartsAndBrute) {
     const int64_t k = static_cast<int64_t>(rng() % (n + 1));
     const int lend = static_cast<int>(std::min<int64_t>(n, s.fnf));  // finite prefixes only
     if (k >= lend) continue;
-    auto fresh_row = [&](int L) {
-      Table t = table_for_L(keys, L, 5);
-      sc::RowOut out{};
-      int a, b;
-      sc::run_chunk(
-          keys, row_of(t, 0), L, L, k, s.fx, [&](int, const sc::RowOut& r) { out = r; },
-          [](int, int) {}, a, b);
-      return out;
-    };
+    auto fresh = [&](int L) { return fresh_row(keys, s.fx, L, k, 5); };
     std::vector<uint32_t> mask((n + 31) / 32, 0u);
     const int l0 = static_cast<int>(k) + 1;
     for (int j = 0; j < l0; ++j) mask[keys.pos(j) >> 5] |= 1u << (keys.pos(j) & 31);
@@ -747,7 +742,7 @@ TEST(SelectWalk, RowsMatchFreshStartsAndBrute) {
     for (int L = l0;; ++L) {
       ASSERT_EQ(st.L, L);
       const sc::RowOut w = sc::walk_row(keys, mask.data(), st, k, s.fx);
-      const sc::RowOut f = fresh_row(L);
+      const sc::RowOut f = fresh(L);
       const BruteRow b = brute_row(u, L, k);
       const std::string at = std::string(dist_name(d)) + " n=" + std::to_string(n) +
                              " k=" + std::to_string(k) + " L=" + std::to_string(L);
@@ -788,15 +783,7 @@ TEST(SelectWalk, StartsFromTheCoreState) {
     const int lend = static_cast<int>(std::min<int64_t>(n, s.fnf));
     if (k >= lend) continue;
     const int wdlog = 5 + static_cast<int>(rng() % 2);
-    auto fresh_row = [&](int L) {
-      Table t = table_for_L(keys, L, wdlog);
-      sc::RowOut out{};
-      int a, b;
-      sc::run_chunk(
-          keys, row_of(t, 0), L, L, k, s.fx, [&](int, const sc::RowOut& r) { out = r; },
-          [](int, int) {}, a, b);
-      return out;
-    };
+    auto fresh = [&](int L) { return fresh_row(keys, s.fx, L, k, wdlog); };
     const int l0 = static_cast<int>(k) + 1 + static_cast<int>(rng() % (lend - k));
     Table t = table_for_L(keys, l0, wdlog);
     sc::Lane ln;
@@ -815,7 +802,7 @@ TEST(SelectWalk, StartsFromTheCoreState) {
     const int lstop = std::min(lend, l0 + 1 + static_cast<int>(rng() % 64));
     for (int L = l0;; ++L) {
       const sc::RowOut w = sc::walk_row(keys, mask.data(), st, k, s.fx);
-      const sc::RowOut f = fresh_row(L);
+      const sc::RowOut f = fresh(L);
       const std::string at = std::string(dist_name(d)) + " n=" + std::to_string(n) +
                              " k=" + std::to_string(k) + " l0=" + std::to_string(l0) +
                              " L=" + std::to_string(L);
@@ -830,12 +817,13 @@ TEST(SelectWalk, StartsFromTheCoreState) {
   EXPECT_GT(rows, 5000 * stress());
 }
 
-// The kernel glue with walked chunks (select_emulate(..., walk = true)): rows, D_j, unions and
-// n_j against the brute force, on the families of the core's own brute-force tests.
-TEST(SelectWalk, EmulatedChunksMatchBrute) {
-  std::mt19937_64 rng(79 + stress());
+// Random small heads of every score family through check_case (chunks, table words and tiles
+// varied too): the core's sweep with the linear cut on odd iterations, or the walked chunks.
+// Returns the number of cases run, -1 after the first failing one.
+int random_small_cases(uint64_t seed, int iters, bool walk) {
+  std::mt19937_64 rng(seed);
   int cases = 0;
-  for (int iter = 0; iter < 1500 * stress(); ++iter) {
+  for (int iter = 0; iter < iters; ++iter) {
     const int n = static_cast<int>(pick(rng, {1, 2, 3, 5, 8, 17, 33, 64, 113, 150, 257}));
     const Dist d = static_cast<Dist>(rng() % static_cast<int>(Dist::kCount));
     std::vector<float> u = make_scores(n, d, rng);
@@ -847,36 +835,28 @@ TEST(SelectWalk, EmulatedChunksMatchBrute) {
     const int chunks = static_cast<int>(pick(rng, {1, 2, 5, 32}));
     const int wdlog = static_cast<int>(pick(rng, {5, 6, 7}));
     const int tile_q = static_cast<int>(pick(rng, {1, 3, 16, 128}));
-    if (check_case(u, sq, k, w, chunks, wdlog, tile_q, dist_name(d), false, true) > 0) return;
+    if (check_case(u, sq, k, w, chunks, wdlog, tile_q, dist_name(d), !walk && iter % 2 == 1, walk) >
+        0)
+      return -1;
     cases++;
   }
-  EXPECT_GT(cases, 1200 * stress());
+  return cases;
+}
+
+TEST(SelectCoreBrute, RandomSmallCases) {
+  EXPECT_GT(random_small_cases(2024 + stress(), 2500 * stress(), false), 2000 * stress());
+}
+
+// The kernel glue with walked chunks (select_emulate(..., walk = true)): rows, D_j, unions and
+// n_j against the brute force, on the families of the core's own brute-force tests.
+TEST(SelectWalk, EmulatedChunksMatchBrute) {
+  EXPECT_GT(random_small_cases(79 + stress(), 1500 * stress(), true), 1200 * stress());
+  std::mt19937_64 rng(80);
   for (Dist d : {Dist::kNormal, Dist::kTies3, Dist::kTiesInt, Dist::kConst, Dist::kNonFinite}) {
     std::vector<float> u = make_scores(1000, d, rng);
     EXPECT_EQ(check_case(u, 1000, 64, 100, 32, 6, 128, dist_name(d), false, true), 0);
     EXPECT_EQ(check_case(u, 1000, 7, 0, 32, 5, 64, dist_name(d), false, true), 0);
   }
-}
-
-TEST(SelectCoreBrute, RandomSmallCases) {
-  std::mt19937_64 rng(2024 + stress());
-  int cases = 0;
-  for (int iter = 0; iter < 2500 * stress(); ++iter) {
-    const int n = static_cast<int>(pick(rng, {1, 2, 3, 5, 8, 17, 33, 64, 113, 150, 257}));
-    const Dist d = static_cast<Dist>(rng() % static_cast<int>(Dist::kCount));
-    std::vector<float> u = make_scores(n, d, rng);
-    const int64_t k =
-        pick(rng, {0, 1, 2, 7, 16, n - 1, n, n + 5, static_cast<int64_t>(rng() % (n + 1))});
-    const int64_t w = pick(rng, {0, 1, 3, 16, n, n + 3, static_cast<int64_t>(rng() % (n + 1))});
-    const int64_t sq = pick(rng, {1, n, 1 + static_cast<int64_t>(rng() % n)});
-    if (k < 0 || (k == 0 && w == 0)) continue;
-    const int chunks = static_cast<int>(pick(rng, {1, 2, 5, 32}));
-    const int wdlog = static_cast<int>(pick(rng, {5, 6, 7}));
-    const int tile_q = static_cast<int>(pick(rng, {1, 3, 16, 128}));
-    if (check_case(u, sq, k, w, chunks, wdlog, tile_q, dist_name(d), iter % 2 == 1) > 0) return;
-    cases++;
-  }
-  EXPECT_GT(cases, 2000 * stress());
 }
 
 TEST(SelectCoreBrute, Size1000AllRows) {
