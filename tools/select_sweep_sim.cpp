@@ -10,6 +10,11 @@
 //
 //   bsk_select_sim [n] [chunks] [wdlog] [heads] [k] [window] [slope]
 // Scores: randn + slope * j (the benchmark's slope is 1 / n; pass 0 for plain randn).
+// It then prints the same for the walked chunks of BSK_SELECT_WALK (sparsek_select_walk.h, the
+// kernel's cut) at 32, 64 and 128 chunks: a warp's lanes start in step (the ticks from the start
+// to the first row), then walk: "lockstep steps" when every iteration takes one row and its
+// whole solve (the sum over iterations of 1 + the slowest lane's solve steps), "flat steps" when
+// an iteration is one row or one solve step (the kernel variant; the lane with the most).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +23,7 @@
 #include <vector>
 
 #include "bsk/kernels/sm90/sparsek_select_core.h"
+#include "bsk/kernels/sm90/sparsek_select_walk.h"
 #include "select_host.h"
 
 namespace sc = bsk::select_core;
@@ -100,6 +106,84 @@ Stats simulate(const std::vector<float>& u, int64_t k, int64_t window, int chunk
   return st;
 }
 
+// The walked chunks of one head (the kernel's cut): per warp, the lockstep cost of the starts'
+// ticks and of the walk; returns {mean over warps of the slowest lane's start ticks, of the
+// lockstep walk steps, of the rows per lane}.
+struct WalkStats {
+  double start_ticks = 0, lockstep = 0, rows = 0, flat = 0;
+};
+WalkStats simulate_walk(const std::vector<float>& u, int64_t k, int64_t window, int chunks,
+                        int wdlog) {
+  const int n = static_cast<int>(u.size());
+  const bsk_select_host::Sorted s = sort_keys(u);
+  const HostKeys keys = s.keys();
+  const sc::RowPlan p = sc::make_plan(n, n, k, window, s.fnf);
+  std::vector<int64_t> bound(chunks + 1);
+  const int used = sc::chunk_bounds(p, chunks, bound.data());
+  WalkStats ws;
+  if (used == 0) return ws;
+  std::vector<int64_t> wb(used + 1);
+  for (int c = 0; c < used; ++c) wb[c] = bound[c + 1] + 1;
+  wb[used] = wb[used - 1] - 1;
+  const bsk_select_host::Table t = build_table(keys, wb.data(), used, wdlog);
+  // Per chunk: start ticks, then the breakpoints crossed at each of its rows.
+  std::vector<long> ticks(used);
+  std::vector<std::vector<int>> cross(used);
+  for (int c = 0; c < used; ++c) {
+    sc::Lane ln;
+    const int lo = static_cast<int>(wb[c]), hi = static_cast<int>(bound[c]);
+    sc::init_lane_falsi(keys, row_of(t, c), lo, lo, k, s.fx.one, ln);
+    while (!sc::row_ready(keys, ln, s.fx.one)) {
+      sc::tick(
+          keys, ln, k, s.fx, [](int, const sc::RowOut&) {}, [](int, int) {});
+      ++ticks[c];
+    }
+    std::vector<uint32_t> mask((n + 31) / 32, 0u);
+    for (int j = 0; j < lo; ++j) mask[keys.pos(j) >> 5] |= 1u << (keys.pos(j) & 31);
+    sc::WalkState st;
+    sc::walk_from_sweep(keys, mask.data(), ln.st, k, s.fx, st);
+    // cross[c][i]: the solve steps after row i's key entered (0 if T stays; else the
+    // breakpoints crossed + the step that finds tau).
+    for (int L = lo; L < hi; ++L) {
+      const int before = st.steps;
+      const bool moved = sc::walk_enter(keys, mask.data(), k, s.fx, st, [](int, int) {});
+      if (moved) sc::walk_solve(keys, mask.data(), k, s.fx, st);
+      cross[c].push_back(moved ? st.steps - before + 1 : 0);
+    }
+    cross[c].push_back(0);  // the top row (then at most the departure-only entry)
+  }
+  const int warps = (used + 31) / 32;
+  for (int w = 0; w < warps; ++w) {
+    const int a = 32 * w, b = std::min(used, 32 * w + 32);
+    long tmax = 0;
+    size_t rmax = 0;
+    for (int c = a; c < b; ++c) {
+      tmax = std::max(tmax, ticks[c]);
+      rmax = std::max(rmax, cross[c].size());
+    }
+    // A flat walk (one row or one solve step per iteration, as the kernel variant does) lasts as
+    // long as the lane with the most rows + steps.
+    long fmax = 0;
+    for (int c = a; c < b; ++c) {
+      long e = static_cast<long>(cross[c].size());
+      for (int x : cross[c]) e += x;
+      fmax = std::max(fmax, e);
+    }
+    ws.flat += static_cast<double>(fmax) / warps;
+    long lock = 0;
+    for (size_t i = 0; i < rmax; ++i) {
+      int m = 0;
+      for (int c = a; c < b; ++c)
+        if (i < cross[c].size()) m = std::max(m, cross[c][i]);
+      lock += 1 + m;
+    }
+    ws.start_ticks += static_cast<double>(tmax) / warps;
+    ws.lockstep += static_cast<double>(lock) / warps;
+    ws.rows += static_cast<double>(rmax) / warps;
+  }
+  return ws;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -145,8 +229,25 @@ int main(int argc, char** argv) {
           "  chunk starts, exact evaluations of f: %.2f bisection (init_lane), %.2f bisection "
           "in [theta, start_bad_bound), %.2f regula falsi (init_lane_falsi); per warp, its "
           "slowest lane: %.2f bisection, %.2f regula falsi\n",
-          sum.evals_bisect, sum.evals_bracket, sum.evals_newton, sum.wmax_bisect,
-          sum.wmax_newton);
+          sum.evals_bisect, sum.evals_bracket, sum.evals_newton, sum.wmax_bisect, sum.wmax_newton);
+  }
+  std::printf("walked chunks (kernel cut): %-8s %18s %14s %16s\n", "chunks", "start ticks/warp",
+              "rows/lane", "lockstep steps");
+  for (const int wc : {32, 64, 128}) {
+    std::mt19937_64 rng(1);
+    std::normal_distribution<float> nd;
+    WalkStats sum;
+    for (int h = 0; h < heads; ++h) {
+      std::vector<float> u(static_cast<size_t>(n));
+      for (int j = 0; j < n; ++j) u[j] = nd(rng) + static_cast<float>(slope * j);
+      const WalkStats ws = simulate_walk(u, k, window, wc, wdlog);
+      sum.start_ticks += ws.start_ticks / heads;
+      sum.rows += ws.rows / heads;
+      sum.lockstep += ws.lockstep / heads;
+      sum.flat += ws.flat / heads;
+    }
+    std::printf("                            %-8d %18.1f %14.1f %16.1f %12.1f\n", wc,
+                sum.start_ticks, sum.rows, sum.lockstep, sum.flat);
   }
   return 0;
 }

@@ -452,17 +452,24 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
       auto on_leave = [&](int r, int L) {
         if (want_union) d[keys.idx(r)] = static_cast<IdxT>(L);
       };
-      bool done = !active;
+      // A flat walk: each iteration is one row (written, then the next key entered) or one step
+      // of raising T, so a warp lasts as long as its lane with the most rows + steps (the
+      // simulator's "flat steps"), not the sum of every iteration's slowest lane.
+      bool done = !active, solving = false;
       int th_top = -1;
       while (__any_sync(0xffffffffu, !done)) {
         if (!done) {
-          write_row(a, bh, st.L - plan.lbase, sc::walk_row(keys, m, st, k, fx));
-          if (st.L >= hi) {
-            th_top = st.th;
-            if (g > 0) sc::walk_add(keys, m, k, fx, st, on_leave);
-            done = true;
+          if (solving) {
+            solving = !sc::walk_solve_step(keys, m, k, fx, st);
           } else {
-            sc::walk_add(keys, m, k, fx, st, on_leave);
+            write_row(a, bh, st.L - plan.lbase, sc::walk_row(keys, m, st, k, fx));
+            if (st.L >= hi) {
+              th_top = st.th;
+              if (g > 0) sc::walk_enter(keys, m, k, fx, st, on_leave);  // its departure only
+              done = true;
+            } else {
+              solving = sc::walk_enter(keys, m, k, fx, st, on_leave);
+            }
           }
         }
       }

@@ -81,30 +81,39 @@ BSK_SEL_HD void walk_normalize(const K& keys, const uint32_t* mask, const Fixed&
   }
 }
 
+// One step of raising T to tau of the current prefix (f(T) >= k): the keys at T's breakpoints
+// move to their classes above T, then T becomes tau (returns true) or crosses the next
+// breakpoint. A kernel's lanes take one step per iteration, as the core's ticks do.
+template <class K>
+BSK_SEL_HD bool walk_solve_step(const K& keys, const uint32_t* mask, int64_t k, const Fixed& fx,
+                                WalkState& st) {
+  const int64_t one = fx.one;
+  walk_normalize(keys, mask, fx, st);
+  if (st.na == 0 && st.ns <= k) return true;  // f flat at k from T on: tau = T
+  const bool hd = st.na > 0, hs = st.ns > 0;
+  const int64_t bd = hd ? keys.v(st.a - 1) : 0;
+  const int64_t bs = hs ? keys.v(st.s - 1) - one : 0;
+  const int64_t b = hd && hs ? (bd < bs ? bd : bs) : (hd ? bd : bs);
+  if (hd) {
+    const int64_t nn = (static_cast<int64_t>(st.ns) - k) * one + st.sa;
+    if (nn <= b * st.na) {  // the root of this piece: tau
+      st.tn = nn;
+      st.td = st.na;
+      walk_normalize(keys, mask, fx, st);
+      return true;
+    }
+  }
+  st.tn = b;  // cross the breakpoint
+  st.td = 1;
+  st.steps++;
+  return false;
+}
+
 // Raises T to tau of the current prefix (f(T) >= k on entry).
 template <class K>
 BSK_SEL_HD void walk_solve(const K& keys, const uint32_t* mask, int64_t k, const Fixed& fx,
                            WalkState& st) {
-  const int64_t one = fx.one;
-  for (;;) {
-    walk_normalize(keys, mask, fx, st);
-    if (st.na == 0 && st.ns <= k) return;  // f flat at k from T on: tau = T
-    const bool hd = st.na > 0, hs = st.ns > 0;
-    const int64_t bd = hd ? keys.v(st.a - 1) : 0;
-    const int64_t bs = hs ? keys.v(st.s - 1) - one : 0;
-    const int64_t b = hd && hs ? (bd < bs ? bd : bs) : (hd ? bd : bs);
-    if (hd) {
-      const int64_t nn = (static_cast<int64_t>(st.ns) - k) * one + st.sa;
-      if (nn <= b * st.na) {  // the root of this piece: tau
-        st.tn = nn;
-        st.td = st.na;
-        walk_normalize(keys, mask, fx, st);
-        return;
-      }
-    }
-    st.tn = b;  // cross the breakpoint
-    st.td = 1;
-    st.steps++;
+  while (!walk_solve_step(keys, mask, k, fx, st)) {
   }
 }
 
@@ -152,11 +161,12 @@ BSK_SEL_HD void walk_from_sweep(const K& keys, const uint32_t* mask, const Sweep
   walk_normalize(keys, mask, fx, st);  // v == T + 1: saturated -> active
 }
 
-// Adds key st.L (sets its bit in mask) and moves to prefix length st.L + 1. on_leave(r, L): the
-// key at rank r stops being selected after prefix length L (theta passed it).
+// Enters key st.L (sets its bit in mask) and moves to prefix length st.L + 1, without raising T:
+// returns whether T must rise (walk_solve). on_leave(r, L): the key at rank r stops being
+// selected after prefix length L (theta passed it).
 template <class K, class OnLeave>
-BSK_SEL_HD void walk_add(const K& keys, uint32_t* mask, int64_t k, const Fixed& fx, WalkState& st,
-                         OnLeave&& on_leave) {
+BSK_SEL_HD bool walk_enter(const K& keys, uint32_t* mask, int64_t k, const Fixed& fx, WalkState& st,
+                           OnLeave&& on_leave) {
   const int64_t one = fx.one;
   const int r = keys.pos(st.L);
   mask[r >> 5] |= 1u << (r & 31);
@@ -178,7 +188,14 @@ BSK_SEL_HD void walk_add(const K& keys, uint32_t* mask, int64_t k, const Fixed& 
     st.th = prev_set(mask, st.th - 1);
   }
   st.L++;
-  if (moved) walk_solve(keys, mask, k, fx, st);
+  return moved;
+}
+
+// Adds key st.L and raises T to the new prefix's tau.
+template <class K, class OnLeave>
+BSK_SEL_HD void walk_add(const K& keys, uint32_t* mask, int64_t k, const Fixed& fx, WalkState& st,
+                         OnLeave&& on_leave) {
+  if (walk_enter(keys, mask, k, fx, st, on_leave)) walk_solve(keys, mask, k, fx, st);
 }
 
 // The row of the current prefix length (the core's RowOut, bit for bit the same values).
@@ -208,7 +225,7 @@ BSK_SEL_HD RowOut walk_row(const K& keys, const uint32_t* mask, const WalkState&
 // One chunk of a kernel sweep walked upwards: the rows L = lo .. hi (emit(L, RowOut)), started
 // from the core's table-based start at lo (table row t is for L = lo; mask holds the keys
 // idx < lo and is updated), with on_leave(r, L) for every key that theta's set loses after L.
-// With more_above (a chunk starts at hi + 1), key hi is added once more without a row, so the
+// With more_above (a chunk starts at hi + 1), key hi is entered once more without a row, so the
 // key that leaves between the two chunks is seen too. th_top: theta's rank at hi (the top
 // chunk's selection at the last computed row is what the caller marks from it).
 template <class K, class CntT, class Emit, class OnLeave>
@@ -228,7 +245,7 @@ BSK_SEL_HD void run_chunk_walk(const K& keys, uint32_t* mask, const TableRow<Cnt
     walk_add(keys, mask, k, fx, st, on_leave);
   }
   th_top = st.th;
-  if (more_above) walk_add(keys, mask, k, fx, st, on_leave);
+  if (more_above) walk_enter(keys, mask, k, fx, st, on_leave);  // its departure only
 }
 
 }  // namespace bsk::select_core
