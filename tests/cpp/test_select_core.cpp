@@ -216,8 +216,7 @@ EmuOut select_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_
       if (c == 0) th0 = th_top;
     }
     // Chunk 0 ends at the top computed row: everything selected there.
-    for (int r = 0; r <= th0; ++r)
-      if (keys.idx(r) < bound[0]) o.d[keys.idx(r)] = bound[0];
+    sc::mark_selected(keys, static_cast<int>(bound[0]), 0, th0, [&](int j, int L) { o.d[j] = L; });
   } else if (used > 0) {
     Table t = build_table(keys, bound.data(), used, wdlog);
     std::vector<int> th_start(used), th_end(used);

@@ -427,6 +427,14 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
     __syncthreads();
   }
 
+  // Warp 0, after the sweeps: every key selected at the top computed row hi0 (theta at rank th0
+  // there) is selected up to it.
+  auto mark_top = [&](int th0, int hi0) {
+    for (int r = lane; r <= th0; r += 32) {
+      const int j = keys.idx(r);
+      if (j < hi0) d[j] = static_cast<IdxT>(hi0);
+    }
+  };
   if constexpr (kWalk) {
     // --- 4'. Walks. Each chunk's alive bitmask at its first L, then the ticks to that row (from
     //         the start's T0 down to tau), the core's state converted, and the rows walked up to
@@ -447,8 +455,7 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
       uint32_t* m = wmask + g * nw;
       sc::WalkState st;
       if (active) sc::walk_from_sweep(keys, m, ln.st, k, fx, st);
-      const int hi =
-          g == 0 ? static_cast<int>(plan.lhi) : static_cast<int>(bound[g > 0 ? g - 1 : 0]) - 1;
+      const int hi = g == 0 ? static_cast<int>(plan.lhi) : static_cast<int>(bound[g - 1]) - 1;
       auto on_leave = [&](int r, int L) {
         if (want_union) d[keys.idx(r)] = static_cast<IdxT>(L);
       };
@@ -473,15 +480,9 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
           }
         }
       }
-      // Chunk 0 ends at the top computed row: everything selected there.
-      if (want_union && k > 0 && nc > 0 && warp == 0) {
-        const int th0 = __shfl_sync(0xffffffffu, th_top, 0);
-        const int hi0 = static_cast<int>(plan.lhi);
-        for (int r = lane; r <= th0; r += 32) {
-          const int j = keys.idx(r);
-          if (j < hi0) d[j] = static_cast<IdxT>(hi0);
-        }
-      }
+      // Chunk 0 ends at the top computed row.
+      if (want_union && k > 0 && nc > 0 && warp == 0)
+        mark_top(__shfl_sync(0xffffffffu, th_top, 0), static_cast<int>(plan.lhi));
     }
     __syncthreads();
   } else {
@@ -513,15 +514,8 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
       if (active && g > 0)
         sc::mark_selected(keys, static_cast<int>(bound[g]), th_end_s[g - 1] + 1, th_start,
                           [&](int j, int l) { d[j] = static_cast<IdxT>(l); });
-      // Chunk 0 starts at the top computed row: everything selected there.
-      if (warp == 0) {
-        const int th0 = __shfl_sync(0xffffffffu, th_start, 0);
-        const int hi0 = static_cast<int>(bound[0]);
-        for (int r = lane; r <= th0; r += 32) {
-          const int j = keys.idx(r);
-          if (j < hi0) d[j] = static_cast<IdxT>(hi0);
-        }
-      }
+      // Chunk 0 starts at the top computed row.
+      if (warp == 0) mark_top(__shfl_sync(0xffffffffu, th_start, 0), static_cast<int>(bound[0]));
     }
     __syncthreads();
   }  // kWalk

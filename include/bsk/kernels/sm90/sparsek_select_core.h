@@ -547,30 +547,32 @@ struct Lane {
 };
 
 // Outputs of a computed row.
-BSK_SEL_HD float state_tau(const SweepState& st, const Fixed& fx) {
-  const double t = static_cast<double>(st.tn) / static_cast<double>(st.td) * fx.inv;
-  return static_cast<float>(t);
-}
-
 struct RowOut {
   float tau, theta_val;
   int32_t theta_idx, n_active;
 };
 
-// A computed row (L > k, every candidate finite).
+// The row of T = tn / (td * one), theta at rank th and n_active (also the walk's rows,
+// sparsek_select_walk.h).
 template <class K>
-BSK_SEL_HD RowOut computed_row(const K& keys, const SweepState& st, int64_t k, const Fixed& fx) {
+BSK_SEL_HD RowOut make_row(const K& keys, int64_t tn, int64_t td, int th, int n_active, int64_t k,
+                           const Fixed& fx) {
   RowOut o;
-  o.tau = state_tau(st, fx);
+  o.tau = static_cast<float>(static_cast<double>(tn) / static_cast<double>(td) * fx.inv);
   if (k > 0) {
-    o.theta_val = keys.fval(st.th.p);
-    o.theta_idx = static_cast<int32_t>(keys.idx(st.th.p));
+    o.theta_val = keys.fval(th);
+    o.theta_idx = static_cast<int32_t>(keys.idx(th));
   } else {  // k == 0: nothing selected, tau = the largest candidate score
     o.theta_val = bits_float(0x7f800000u);
     o.theta_idx = -1;
   }
-  o.n_active = st.na;
+  o.n_active = n_active;
   return o;
+}
+// A computed row (L > k, every candidate finite).
+template <class K>
+BSK_SEL_HD RowOut computed_row(const K& keys, const SweepState& st, int64_t k, const Fixed& fx) {
+  return make_row(keys, st.tn, st.td, st.th.p, st.na, k, fx);
 }
 
 // The cursor move a tick would make (0: none): 1 theta, 2/3/4 p1/p2/p3 off the removed key,

@@ -34,9 +34,7 @@ BSK_SEL_HD int prev_set(const uint32_t* mask, int r) {
     if (--w < 0) return -1;
     m = mask[w];
   }
-  int hi = 31;
-  while (!((m >> hi) & 1u)) --hi;
-  return (w << 5) + hi;
+  return (w << 5) + bit_width64(m) - 1;
 }
 BSK_SEL_HD int next_set(const uint32_t* mask, int r, int n) {
   if (r >= n) return n;
@@ -128,9 +126,7 @@ BSK_SEL_HD void walk_start(const K& keys, const uint32_t* mask, int L0, int64_t 
   const int top = prev_set(mask, keys.n - 1);  // the smallest entered value
   st.s = st.a = top + 1;
   st.ns = L0;
-  st.tn = keys.v(top) - fx.one - 1;
-  st.td = 1;
-  st.th = -1;
+  st.tn = keys.v(top) - fx.one - 1;  // td = 1
   if (k > 0) {
     int r = -1;
     for (int64_t i = 0; i < k; ++i) r = next_set(mask, r + 1, keys.n);
@@ -199,27 +195,17 @@ BSK_SEL_HD void walk_add(const K& keys, uint32_t* mask, int64_t k, const Fixed& 
 }
 
 // The row of the current prefix length (the core's RowOut, bit for bit the same values).
+// n_active counts T < v < T + one: the active keys at exactly T + one (the smallest ranks of the
+// active class) are left out.
 template <class K>
 BSK_SEL_HD RowOut walk_row(const K& keys, const uint32_t* mask, const WalkState& st, int64_t k,
                            const Fixed& fx) {
-  RowOut o;
-  o.tau = static_cast<float>(static_cast<double>(st.tn) / static_cast<double>(st.td) * fx.inv);
-  if (k > 0) {
-    o.theta_val = keys.fval(st.th);
-    o.theta_idx = static_cast<int32_t>(keys.idx(st.th));
-  } else {
-    o.theta_val = bits_float(0x7f800000u);
-    o.theta_idx = -1;
-  }
-  // n_active counts T < v < T + one: the active keys at exactly T + one (the smallest ranks of
-  // the active class) are left out.
   int na = st.na;
   for (int r = next_set(mask, st.s, st.a); r < st.a; r = next_set(mask, r + 1, st.a)) {
     if (keys.v(r) * st.td != st.tn + fx.one * st.td) break;
     na--;
   }
-  o.n_active = na;
-  return o;
+  return make_row(keys, st.tn, st.td, st.th, na, k, fx);
 }
 
 // One chunk of a kernel sweep walked upwards: the rows L = lo .. hi (emit(L, RowOut)), started
