@@ -10,11 +10,12 @@
 //
 //   bsk_select_sim [n] [chunks] [wdlog] [heads] [k] [window] [slope]
 // Scores: randn + slope * j (the benchmark's slope is 1 / n; pass 0 for plain randn).
-// It then prints the same for the walked chunks of BSK_SELECT_WALK (sparsek_select_walk.h, the
-// kernel's cut) at 32, 64 and 128 chunks: a warp's lanes start in step (the ticks from the start
-// to the first row), then walk: "lockstep steps" when every iteration takes one row and its
-// whole solve (the sum over iterations of 1 + the slowest lane's solve steps), "flat steps" when
-// an iteration is one row or one solve step (the kernel variant; the lane with the most).
+// It then prints the same for chunks walked upwards by the walk of sparsek_select_walk.h (the
+// design of the removed kernel variant, on the kernel's cut) at 32, 64 and 128 chunks: a warp's
+// lanes start in step (the ticks from the start to the first row), then walk: "lockstep steps"
+// when every iteration takes one row and its whole solve (the sum over iterations of 1 + the
+// slowest lane's solve steps), "flat steps" when an iteration is one row or one solve step (as
+// the variant walked; the lane with the most).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>

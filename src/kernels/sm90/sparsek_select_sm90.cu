@@ -59,16 +59,6 @@
 #endif
 
 #include "bsk/kernels/sm90/sparsek_select_core.h"
-#include "bsk/kernels/sm90/sparsek_select_walk.h"
-
-// Development variant (compiled, not yet run on a GPU): BSK_SELECT_WALK=1 walks the chunks of
-// the shared-memory path up to 4096 keys upwards (sparsek_select_walk.h: one alive bitmask per
-// chunk in shared memory, 32 chunks unless BSK_SELECT_CHUNKS says otherwise) instead of the
-// downward ticks. The host emulation of this glue is tested against the brute force
-// (SelectWalk.EmulatedChunksMatchBrute).
-#ifndef BSK_SELECT_WALK
-#define BSK_SELECT_WALK 0
-#endif
 #include "kernels/kernels.h"
 
 namespace bsk::kernels {
@@ -322,12 +312,10 @@ __device__ __noinline__ void scan_lines(CntT* cnt, int64_t* sum, int nlines, int
 
 // Steps 2-5 for one head, given its sorted keys. tcnt/tsum (the table), d (D_j) and ubuf (union
 // buffers, nullable) may alias each other: they are used in separate phases.
-// kWalk (BSK_SELECT_WALK): the chunks are walked upwards, each from its first L, with its alive
-// bitmask in wmask (chunk c at wmask + c * ceil(n / 32)).
-template <bool kWalk = false, class IdxT, bool kCall, class CntT>
+template <class IdxT, bool kCall, class CntT>
 __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& keys, int fnf,
                             CntT* tcnt, int64_t* tsum, IdxT* d, int32_t* ubuf, int64_t* bound,
-                            int* th_end_s, uint32_t* wmask = nullptr) {
+                            int* th_end_s) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const int n = a.n;
   const int64_t k = a.k;
@@ -352,14 +340,6 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
   __syncthreads();
   if (tid == 0) sc::chunk_bounds_fix(plan, nc, a.nchunks, bound);
   __syncthreads();
-  if constexpr (kWalk) {
-    // A walked chunk starts at its first L: bound[c] becomes bound[c + 1] + 1, so the table below
-    // is built for it (the top of chunk c is then bound[c - 1] - 1, or lhi for chunk 0).
-    const int64_t first = tid < nc ? bound[tid + 1] + 1 : 0;
-    __syncthreads();
-    if (tid < nc) bound[tid] = first;
-    __syncthreads();
-  }
   if (nc > 0 && tw > 0) {
     for (int r = tid; r < n; r += blockDim.x) {
       const int wr = r >> wdlog;
@@ -411,10 +391,8 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
     int* const count = nullptr;
     const sc::NoMark mark;
 #endif
-    // (A walked chunk starts as a one-row chunk: its walk takes the rows above.)
-    sc::init_lane_falsi(keys, row, static_cast<int>(bound[g]),
-                        kWalk ? static_cast<int>(bound[g]) : static_cast<int>(bound[g + 1]) + 1, k,
-                        fx.one, ln, count, mark);
+    sc::init_lane_falsi(keys, row, static_cast<int>(bound[g]), static_cast<int>(bound[g + 1]) + 1,
+                        k, fx.one, ln, count, mark);
     SEL_PROF(10);
     SEL_PROF_AT(11, evals);
     th_start = ln.st.th.p;
@@ -435,90 +413,38 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
       if (j < hi0) d[j] = static_cast<IdxT>(hi0);
     }
   };
-  if constexpr (kWalk) {
-    // --- 4'. Walks. Each chunk's alive bitmask at its first L, then the ticks to that row (from
-    //         the start's T0 down to tau), the core's state converted, and the rows walked up to
-    //         the chunk's top, plus one more key (not a row) where a chunk lies above, so that
-    //         the key theta loses between the two chunks gets its D_j.
-    const int nw = (n + 31) >> 5;
-    for (int e = tid; e < nc * nw; e += blockDim.x) {
-      const int c = e / nw;
-      wmask[e] = keys.alive_mask(e - c * nw, static_cast<int>(bound[c]));
-    }
-    __syncthreads();
-    if (warp < swarps) {
-      auto no_emit = [](int, const sc::RowOut&) {};
-      auto no_select = [](int, int) {};
-      while (__any_sync(0xffffffffu, active && !sc::row_ready(keys, ln, fx.one)))
-        if (active && !sc::row_ready(keys, ln, fx.one))
-          sc::tick(keys, ln, k, fx, no_emit, no_select);
-      uint32_t* m = wmask + g * nw;
-      sc::WalkState st;
-      if (active) sc::walk_from_sweep(keys, m, ln.st, k, fx, st);
-      const int hi = g == 0 ? static_cast<int>(plan.lhi) : static_cast<int>(bound[g - 1]) - 1;
-      auto on_leave = [&](int r, int L) {
-        if (want_union) d[keys.idx(r)] = static_cast<IdxT>(L);
-      };
-      // A flat walk: each iteration is one row (written, then the next key entered) or one step
-      // of raising T, so a warp lasts as long as its lane with the most rows + steps (the
-      // simulator's "flat steps"), not the sum of every iteration's slowest lane.
-      bool done = !active, solving = false;
-      int th_top = -1;
-      while (__any_sync(0xffffffffu, !done)) {
-        if (!done) {
-          if (solving) {
-            solving = !sc::walk_solve_step(keys, m, k, fx, st);
-          } else {
-            write_row(a, bh, st.L - plan.lbase, sc::walk_row(keys, m, st, k, fx));
-            if (st.L >= hi) {
-              th_top = st.th;
-              if (g > 0) sc::walk_enter(keys, m, k, fx, st, on_leave);  // its departure only
-              done = true;
-            } else {
-              solving = sc::walk_enter(keys, m, k, fx, st, on_leave);
-            }
-          }
-        }
-      }
-      // Chunk 0 ends at the top computed row.
-      if (want_union && k > 0 && nc > 0 && warp == 0)
-        mark_top(__shfl_sync(0xffffffffu, th_top, 0), static_cast<int>(plan.lhi));
-    }
-    __syncthreads();
-  } else {
-    // --- 4. Sweeps: the lanes tick until every chunk of their warp is done (one bounded step per
-    //        tick, so the lanes of a warp stay together).
-    if (warp < swarps) {
-      auto emit = [&](int L, const sc::RowOut& o) { write_row(a, bh, L - plan.lbase, o); };
-      auto on_select = [&](int r, int L) {
-        if (want_union) d[keys.idx(r)] = static_cast<IdxT>(L);
-      };
+  // --- 4. Sweeps: the lanes tick until every chunk of their warp is done (one bounded step per
+  //        tick, so the lanes of a warp stay together).
+  if (warp < swarps) {
+    auto emit = [&](int L, const sc::RowOut& o) { write_row(a, bh, L - plan.lbase, o); };
+    auto on_select = [&](int r, int L) {
+      if (want_union) d[keys.idx(r)] = static_cast<IdxT>(L);
+    };
 #if defined(BSK_SELECT_PROFILE)
-      int iters = 0;
+    int iters = 0;
 #endif
-      while (__any_sync(0xffffffffu, !ln.done)) {
-        if (!ln.done) sc::tick(keys, ln, k, fx, emit, on_select);
+    while (__any_sync(0xffffffffu, !ln.done)) {
+      if (!ln.done) sc::tick(keys, ln, k, fx, emit, on_select);
 #if defined(BSK_SELECT_PROFILE)
-        ++iters;
+      ++iters;
 #endif
-      }
+    }
 #if defined(BSK_SELECT_PROFILE)
-      if (lane == 0 && warp == 0) SEL_PROF_AT(6, iters);
+    if (lane == 0 && warp == 0) SEL_PROF_AT(6, iters);
 #endif
-      if (want_union && active) th_end_s[g] = ln.st.th.p;
-    }
-    __syncthreads();
-    if (want_union && k > 0 && nc > 0) {
-      // Keys that enter the selection exactly at a chunk start: theta moved from the end of
-      // chunk g - 1 (L = bound[g] + 1) to the start of chunk g.
-      if (active && g > 0)
-        sc::mark_selected(keys, static_cast<int>(bound[g]), th_end_s[g - 1] + 1, th_start,
-                          [&](int j, int l) { d[j] = static_cast<IdxT>(l); });
-      // Chunk 0 starts at the top computed row.
-      if (warp == 0) mark_top(__shfl_sync(0xffffffffu, th_start, 0), static_cast<int>(bound[0]));
-    }
-    __syncthreads();
-  }  // kWalk
+    if (want_union && active) th_end_s[g] = ln.st.th.p;
+  }
+  __syncthreads();
+  if (want_union && k > 0 && nc > 0) {
+    // Keys that enter the selection exactly at a chunk start: theta moved from the end of
+    // chunk g - 1 (L = bound[g] + 1) to the start of chunk g.
+    if (active && g > 0)
+      sc::mark_selected(keys, static_cast<int>(bound[g]), th_end_s[g - 1] + 1, th_start,
+                        [&](int j, int l) { d[j] = static_cast<IdxT>(l); });
+    // Chunk 0 starts at the top computed row.
+    if (warp == 0) mark_top(__shfl_sync(0xffffffffu, th_start, 0), static_cast<int>(bound[0]));
+  }
+  __syncthreads();
   SEL_PROF(4);
   if (!want_union) return;
 
@@ -740,17 +666,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const
   const int tw = ((n + (1 << a.wdlog) - 1) >> a.wdlog) - 1;
   uint16_t* d = reinterpret_cast<uint16_t*>(region);
   int32_t* ubuf = a.ubuf_in_smem ? reinterpret_cast<int32_t*>(smem + a.off_ubuf) : nullptr;
-  // The walk variant's bitmasks share the union buffers' place (after D; dead before the unions).
-  constexpr bool kWalk = BSK_SELECT_WALK != 0 && kItems <= 16 && kThreads == 256;
-  uint32_t* wmask = kWalk ? reinterpret_cast<uint32_t*>(smem + a.off_ubuf) : nullptr;
   if constexpr (kGTable) {
-    select_head<kWalk>(a, bh, keys, s_fnf, a.t_cnt + bh * a.t_stride, a.t_sum + bh * a.t_stride, d,
-                       ubuf, s_bound, s_thend, wmask);
+    select_head(a, bh, keys, s_fnf, a.t_cnt + bh * a.t_stride, a.t_sum + bh * a.t_stride, d, ubuf,
+                s_bound, s_thend);
   } else {
     uint16_t* tcnt = reinterpret_cast<uint16_t*>(region);
     int64_t* tsum =
         reinterpret_cast<int64_t*>(region + align_up(sizeof(uint16_t) * a.nchunks * tw, 16));
-    select_head<kWalk>(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound, s_thend, wmask);
+    select_head(a, bh, keys, s_fnf, tcnt, tsum, d, ubuf, s_bound, s_thend);
   }
 }
 
@@ -931,12 +854,6 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
   static const int env_wdlog_g = env_int("BSK_SELECT_GTABLE_WDLOG", kGTableWdlog);
   sp.nchunks = std::min(
       std::max(n <= 4096 ? (sp.gtable ? env_chunks_g : env_chunks) : env_chunks_big, 1), cap);
-#if BSK_SELECT_WALK
-  // The walk variant (select_smem_kernel's kWalk): 32 chunks by default, one bitmask each.
-  const bool walk = sp.threads == 256 && sp.items <= 16;
-  static const int env_chunks_w = env_int("BSK_SELECT_CHUNKS", 32);
-  if (walk) sp.nchunks = std::min(std::max(env_chunks_w, 1), cap);
-#endif
   if (sp.gtable) {
     sp.wdlog = std::min(std::max(env_wdlog_g, 5), 14);
     const std::size_t tw = static_cast<std::size_t>(std::max(table_words(int(n), sp.wdlog), 0));
@@ -969,13 +886,6 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
     sp.ubuf_in_smem = true;
     sp.bytes = std::max<std::size_t>(sp.bytes, sp.off_ubuf + ub);
   }
-#if BSK_SELECT_WALK
-  if (walk) {  // the chunks' bitmasks, in the union buffers' place
-    sp.bytes = std::max<std::size_t>(
-        sp.bytes, sp.off_ubuf + static_cast<std::size_t>(sp.nchunks) * (np / 32) * 4);
-    if (sp.bytes > kSmemPerBlockMax - stat) return false;
-  }
-#endif
   return true;
 }
 

@@ -1,9 +1,10 @@
 // SparseK selection: a row-ascending walk over one head's prefix lengths with an explicit
-// bitmask of the entered keys. CPU-tested against the selection core's from-scratch rows
-// (tests/cpp/test_select_core.cpp, SelectWalk.*); not used by the kernel yet. It is the
-// building block of a sweep whose steps are a few shared-memory loads each: the core's downward
-// sweep (sparsek_select_core.h) rebuilds 32-rank alive masks from the key indices at every cursor
-// move, because its 32 lanes sit at 32 different prefix lengths.
+// bitmask of the entered keys. The kernel does not use it: a kernel variant built on it (32
+// chunks walked upwards, one alive bitmask each) passed the GPU selection tests but measured
+// slower than the default downward sweep (sparsek_select_core.h) on an H200: select kernel
+// 2.34 ms vs 1.83 ms at B16 Hkv96 S4096 k256, 2.36 ms with 64 chunks (docs/kernel_notes.md v48).
+// It is kept, CPU-tested against the core's from-scratch rows (tests/cpp/test_select_core.cpp,
+// SelectWalk.*), as an exact alternative formulation.
 //
 // Same definitions as the core (sorted ranks, (u, j) descending; 64-bit fixed-point values;
 // T = tn / (td * one)). Going up in L only adds keys, so T only rises and every key changes
