@@ -147,6 +147,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       if (tid == 0) grab = atomicAdd(counter, 1);
       const TileCoord tc = sched.coord(wt);
       const int b = tc.batch, h = tc.head, m = tc.m_block, hkv = tc.head_kv;
+      // The next K tile's key metadata (j, n_j, u_j), loaded one tile ahead of its use. Tile 0's
+      // entries start at the union's first entry whatever the counts say (a mixed tile's follow
+      // the gathered ones, and it is tile 0 only when there are none), so these loads go out
+      // beside the counts' instead of after them (entries past the counts are never used).
+      int32_t pre_j = INT32_MAX, pre_n = 0;
+      float pre_u = 0.f;
+      if constexpr (kMeta) {
+        const int64_t e0 = Mode::Iterator::union_slot(params, m, b, hkv) * params.union_cap;
+        if (tid < params.union_cap) {
+          pre_j = __ldg(params.union_idx + e0 + tid);
+          pre_n = __ldg(params.union_rows + e0 + tid);
+          pre_u = __ldg(params.union_u + e0 + tid);
+        }
+      }
       const auto it = Mode::iterator(params, m, b, hkv);
       const Element* qb = static_cast<const Element*>(a.q) + b * a.q_stride[0] + h * a.q_stride[2];
       const Element* kb =
@@ -203,9 +217,17 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
             // mixed tile's selected keys are scattered to their columns (n_j = 0 elsewhere).
             static_assert(kBlockN == 128, "one metadata key per producer thread");
             const bool meta_ok = (t.gathered || t.mixed) && tid < t.meta_count;
-            const int32_t jm = meta_ok ? __ldg(t.list + tid) : INT32_MAX;
-            const int32_t nm = meta_ok ? __ldg(t.rows + tid) : 0;
-            const float um = meta_ok ? __ldg(t.u + tid) : 0.f;
+            const int32_t jm = meta_ok ? pre_j : INT32_MAX;
+            const int32_t nm = meta_ok ? pre_n : 0;
+            const float um = meta_ok ? pre_u : 0.f;
+            if (ti + 1 < n_tiles) {
+              const KvTile tn = it.tile(ti + 1);
+              if ((tn.gathered || tn.mixed) && tid < tn.meta_count) {
+                pre_j = __ldg(tn.list + tid);
+                pre_n = __ldg(tn.rows + tid);
+                pre_u = __ldg(tn.u + tid);
+              }
+            }
             pc.lap(3);
             if (mround > 0) Barrier::wait(&sm.bar_meta_empty[slot], (mround - 1) & 1);
             if (t.gathered) {

@@ -67,11 +67,17 @@ struct SparseKKvIterator {
   int win_lo = 0, win_end = 0;
   int num_tiles = 0;
 
+  // The query tile's union slot: its entries start at union_* + slot * union_cap.
+  __device__ static int64_t union_slot(const kernels::SparseKFwdParams& p, int m_block, int batch,
+                                       int head_kv) {
+    const auto& a = p.attn;
+    const int64_t n_tiles = (a.seqlen_q + p.tile_q - 1) / p.tile_q;
+    return (int64_t(batch) * a.num_heads_kv + head_kv) * n_tiles + m_block;
+  }
   __device__ SparseKKvIterator(const kernels::SparseKFwdParams& p, int m_block, int batch,
                                int head_kv) {
     const auto& a = p.attn;
-    int64_t n_tiles = (a.seqlen_q + p.tile_q - 1) / p.tile_q;
-    int64_t slot = (int64_t(batch) * a.num_heads_kv + head_kv) * n_tiles + m_block;
+    const int64_t slot = union_slot(p, m_block, batch, head_kv);
     list = p.union_idx + slot * p.union_cap;
     rows = p.union_rows + slot * p.union_cap;
     u = p.union_u + slot * p.union_cap;
