@@ -26,9 +26,6 @@
 #ifndef BSK_DENSE_PIN_SOFTMAX
 #define BSK_DENSE_PIN_SOFTMAX 1
 #endif
-#ifndef BSK_META_RELEASE_WARP
-#define BSK_META_RELEASE_WARP 0
-#endif
 
 namespace bsk::sm90 {
 
@@ -118,8 +115,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       Barrier::init(&sm.bar_empty_v[s], Traits::kConsumerWGs * 4);
     }
     for (int s = 0; s < kMetaSlots; ++s) {
-      Barrier::init(&sm.bar_meta_empty[s],
-                    Traits::kConsumerWGs * (BSK_META_RELEASE_WARP ? 4 : 128));
+      Barrier::init(&sm.bar_meta_empty[s], Traits::kConsumerWGs * 128);
       Barrier::init(&sm.bar_meta_full[s], 128);
     }
     cutlass::arch::fence_barrier_init();
@@ -400,11 +396,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         hook.mask(tSrS, t, slot, col0);
         const bool rescale = softmax.step(tSrS, corr);
         hook.gate(tSrS, t, slot, col0);
-#if BSK_META_RELEASE_WARP
-        if constexpr (kMeta) release(&sm.bar_meta_empty[slot]);
-#else
         if constexpr (kMeta) release_all(&sm.bar_meta_empty[slot]);
-#endif
         pc.lap(5);
         return rescale;
       };
