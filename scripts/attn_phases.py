@@ -9,12 +9,17 @@ kernel then prints, per CTA, the cycles one thread of each warpgroup spent in ea
 import collections
 import sys
 
-PRODUCER = ["work-tile header", "Q-empty wait", "Q issue", "metadata loads",
-            "K-empty wait", "V-empty wait", "copy issue", "metadata slot (wait, store)",
-            "next-tile wait"]
-CONSUMER = ["Q wait", "K wait", "V wait", "S = QK^T wait", "metadata wait",
-            "mask + softmax + gate", "P V wait", "issue, rescale, convert",
-            "finish + epilogue", "next tile + setup"]
+SLOTS = 16  # phase_clock.h: kPhaseSlots
+# (slot, phase) in the order printed; the producer counts KV tiles in slot 9, the consumers KV
+# tiles in slot 10 and work tiles in slot 11.
+PRODUCER = list(enumerate(["work-tile header", "Q-empty wait", "Q issue", "metadata loads",
+                           "K-empty wait", "V-empty wait", "copy issue",
+                           "metadata slot (wait, store)", "next-tile wait"]))
+CONSUMER = list(enumerate(["Q wait", "K wait", "V wait", "S = QK^T wait", "metadata wait",
+                           "mask + softmax + gate", "P V wait", "issue, rescale, convert",
+                           "finish (l, LSE, NaN rows)"])) + [
+    (12, "next-tile wait"), (13, "next-tile iterator + hook"),
+    (14, "epilogue store + Q release"), (9, "loop top")]
 
 
 def run(case):
@@ -39,7 +44,7 @@ def summarize(path):
     last = {}
     for line in open(path, errors="replace"):
         f = line.split()
-        if len(f) == 15 and f[0] == "BSKPROF":
+        if len(f) == 3 + SLOTS and f[0] == "BSKPROF":
             last[(int(f[1]), int(f[2]))] = [int(x) for x in f[3:]]
     if not last:
         print(f"{path}: no BSKPROF lines")
@@ -48,9 +53,8 @@ def summarize(path):
     print(f"## {path}: {len(ctas)} CTAs (per-CTA means; cycles)")
     for role, names in ((0, PRODUCER), (1, CONSUMER), (2, CONSUMER)):
         rows = [last[(c, role)] for c in ctas if (c, role) in last]
-        mean = [sum(r[i] for r in rows) / len(rows) for i in range(12)]
-        nslots = len(names)
-        total = sum(mean[:nslots])
+        mean = [sum(r[i] for r in rows) / len(rows) for i in range(SLOTS)]
+        total = sum(mean[i] for i, _ in names)
         if role == 0:
             tiles = mean[9]
             wts = None
@@ -61,7 +65,7 @@ def summarize(path):
               + (f", {wts:.0f} work tiles" if wts else ""))
         print("| phase | cycles | % | per KV tile |")
         print("|---|---|---|---|")
-        for i, n in enumerate(names):
+        for i, n in names:
             print(f"| {n} | {mean[i] / 1e6:.3f} M | {100 * mean[i] / max(total, 1):.1f} | "
                   f"{mean[i] / max(tiles, 1):.0f} |")
 

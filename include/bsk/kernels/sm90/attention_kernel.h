@@ -488,11 +488,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       float inv[2], lse[2];
       softmax.finish(inv, lse);
       bool nan_row[2] = {hook.row_is_nan(0), hook.row_is_nan(1)};
+      pc.lap(8);
       const int wt_next = next_tile(w);
+      pc.lap(12);
       // Past the last tile: any valid tile, never used.
       const TileCoord tn = sched.coord(wt_next < sched.num_tiles ? wt_next : wt);
       const auto it_next = Mode::iterator(params, tn.m_block, tn.batch, tn.head_kv);
       const auto hook_next = Mode::hook(params, tn.m_block, row_in_cta0, tn.batch, tn.head_kv, &sm);
+      pc.lap(13);
       Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
       float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
       using Epi = StagedEpilogue<Element, kD>;
@@ -507,7 +510,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       // writes).
       cutlass::arch::fence_view_async_shared();
       release_all(&sm.bar_q_empty[qs]);
-      pc.lap(8);
+      pc.lap(14);
       pc.count(11);
       wt = wt_next;
       tc = tn;

@@ -107,7 +107,7 @@ struct AttnTraits {
     uint64_t bar_empty_k[kStages];  // K stage consumed (after S = Q K^T)
     uint64_t bar_empty_v[kStages];  // V stage consumed (after O += P V)
 #if defined(BSK_ATTN_PROFILE)
-    unsigned prof[3][12];  // phase_clock.h: per warpgroup
+    unsigned prof[3][16];  // phase_clock.h: kPhaseSlots per warpgroup
 #endif
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;  // + alignment slack

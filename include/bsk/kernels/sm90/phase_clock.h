@@ -15,7 +15,7 @@ inline constexpr bool kPhaseClock = true;
 #else
 inline constexpr bool kPhaseClock = false;
 #endif
-inline constexpr int kPhaseSlots = 12;
+inline constexpr int kPhaseSlots = 16;
 inline constexpr int kPhaseMaxCtas = 1024;
 
 #if defined(BSK_ATTN_PROFILE)
@@ -25,8 +25,9 @@ static __global__ void phase_clock_print(int ctas) {
   for (int c = 0; c < ctas && c < kPhaseMaxCtas; ++c)
     for (int r = 0; r < 3; ++r) {
       const unsigned* v = g_phase_clock[c][r];
-      printf("BSKPROF %d %d %u %u %u %u %u %u %u %u %u %u %u %u\n", c, r, v[0], v[1], v[2], v[3],
-             v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11]);
+      printf("BSKPROF %d %d %u %u %u %u %u %u %u %u %u %u %u %u %u %u %u %u\n", c, r, v[0], v[1],
+             v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14],
+             v[15]);
     }
 }
 #endif
