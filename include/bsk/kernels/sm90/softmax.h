@@ -28,17 +28,14 @@ struct OnlineSoftmax {
   float row_sum[2] = {0.f, 0.f};              // this thread's partial sum (quad-reduced at end)
   float scale_log2 = 1.f;
 
-  // Turns s into unnormalised probabilities exp2(s*scale_log2 - max) in place. Returns whether
-  // the output accumulator must be rescaled by correction[b] for each row (warp-uniform: the
-  // caller branches around the rescale); when false the reference maxima did not move and
-  // correction is 1.
+  // The rows' new reference maxima m_new (scale * log2(e) units); returns whether the output
+  // accumulator must be rescaled (warp-uniform: the caller branches around the rescale).
   template <class Frag>
-  __device__ bool step(Frag& s, float (&correction)[2]) {
-    // Row max and row sum as trees of independent partial results, not one chain through all of
-    // the row's elements: with a 32-deep dependent chain per row the consumers stall on each
-    // FMNMX / FADD's latency (ncu: "wait" and short-scoreboard stalls on them).
+  __device__ bool new_max(const Frag& s, float (&m_new)[2]) const {
+    // Row max as a tree of independent partial results, not one chain through all of the row's
+    // elements: with a 32-deep dependent chain per row the consumers stall on each FMNMX's
+    // latency (ncu: "wait" and short-scoreboard stalls on them).
     constexpr int kV = kCols / 8;
-    float m_new[2];
     bool grow = false;
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
@@ -57,17 +54,45 @@ struct OnlineSoftmax {
       // (-inf + 8 stays -inf: a row's first finite max always moves the reference.)
       grow |= m_new[b] > row_max[b] + kStaleLog2;
     }
-    const bool rescale = __any_sync(0xffffffff, grow);
+    return __any_sync(0xffffffff, grow);
+  }
+
+  // Row b's reference moves to m_new[b] when rescaling (correction[b] then takes O and the row
+  // sum there); returns the reference the exponentials subtract.
+  __device__ float take_max(int b, bool rescale, const float (&m_new)[2], float (&correction)[2]) {
+    if (rescale) {
+      // A row that has seen no key yet keeps max -inf; exp2(-inf - 0) gives 0, not NaN.
+      correction[b] = exp2f(row_max[b] - (m_new[b] == -INFINITY ? 0.f : m_new[b]));
+      row_max[b] = m_new[b];
+    } else {
+      correction[b] = 1.f;
+    }
+    return row_max[b] == -INFINITY ? 0.f : row_max[b];
+  }
+
+  // Row b's partial sums, added as a tree, into its running sum.
+  __device__ void add_sum(int b, bool rescale, const float (&correction)[2],
+                          float (&part)[kSumParts]) {
+#pragma unroll
+    for (int w = kSumParts / 2; w >= 1; w >>= 1)
+#pragma unroll
+      for (int q = 0; q < kSumParts / 2; ++q)
+        if (q < w) part[q] += part[q + w];
+    row_sum[b] = (rescale ? row_sum[b] * correction[b] : row_sum[b]) + part[0];
+  }
+
+  // Turns s into unnormalised probabilities exp2(s*scale_log2 - max) in place. Returns whether
+  // the output accumulator must be rescaled by correction[b] for each row (warp-uniform: the
+  // caller branches around the rescale); when false the reference maxima did not move and
+  // correction is 1.
+  template <class Frag>
+  __device__ bool step(Frag& s, float (&correction)[2]) {
+    constexpr int kV = kCols / 8;
+    float m_new[2];
+    const bool rescale = new_max(s, m_new);
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
-      if (rescale) {
-        // A row that has seen no key yet keeps max -inf; exp2(-inf - 0) gives 0, not NaN.
-        correction[b] = exp2f(row_max[b] - (m_new[b] == -INFINITY ? 0.f : m_new[b]));
-        row_max[b] = m_new[b];
-      } else {
-        correction[b] = 1.f;
-      }
-      const float m_use = row_max[b] == -INFINITY ? 0.f : row_max[b];
+      const float m_use = take_max(b, rescale, m_new, correction);
       float part[kSumParts];
 #pragma unroll
       for (int q = 0; q < kSumParts; ++q) part[q] = 0.f;
@@ -79,13 +104,42 @@ struct OnlineSoftmax {
           s(a + 2 * b + 4 * v) = p;
           part[v % kSumParts] += p;
         }
-#pragma unroll
-      for (int w = kSumParts / 2; w >= 1; w >>= 1)
-#pragma unroll
-        for (int q = 0; q < kSumParts / 2; ++q)
-          if (q < w) part[q] += part[q + w];
-      row_sum[b] = (rescale ? row_sum[b] * correction[b] : row_sum[b]) + part[0];
+      add_sum(b, rescale, correction, part);
     }
+    return rescale;
+  }
+
+  // step() with a value gate fused into the exponentials: s becomes exp2(...) * gate while the
+  // row sums take the ungated values (value gating). gate.load(v) fetches what columns
+  // 8 v + col0 + {0, 1} need (one shared load for both rows), gate.factor(x, v, a, b) is the
+  // factor of element a + 2 b + 4 v. Column by column, so the gate's loads and arithmetic issue
+  // between this loop's MUFU.EX2s instead of in a pass of their own after it.
+  template <class Frag, class Gate>
+  __device__ bool step_gated(Frag& s, float (&correction)[2], const Gate& gate) {
+    constexpr int kV = kCols / 8;
+    float m_new[2];
+    const bool rescale = new_max(s, m_new);
+    float m_use[2], part[2][kSumParts];
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      m_use[b] = take_max(b, rescale, m_new, correction);
+#pragma unroll
+      for (int q = 0; q < kSumParts; ++q) part[b][q] = 0.f;
+    }
+#pragma unroll
+    for (int v = 0; v < kV; ++v) {
+      const auto x = gate.load(v);
+#pragma unroll
+      for (int b = 0; b < 2; ++b)
+#pragma unroll
+        for (int a = 0; a < 2; ++a) {
+          const float p = exp2f(fmaf(s(a + 2 * b + 4 * v), scale_log2, -m_use[b]));
+          part[b][v % kSumParts] += p;
+          s(a + 2 * b + 4 * v) = p * gate.factor(x, v, a, b);
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < 2; ++b) add_sum(b, rescale, correction, part[b]);
     return rescale;
   }
 
