@@ -17,8 +17,7 @@ namespace bsk::sm90 {
 
 using namespace cute;
 
-template <class Element_, int kHeadDim_, int kBlockN_ = 128, int kStages_ = 2, int kQBufs_ = 2,
-          int kProducerRegs_ = 72>
+template <class Element_, int kHeadDim_, int kBlockN_ = 128, int kStages_ = 2>
 struct AttnTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -36,7 +35,7 @@ struct AttnTraits {
   // spills in any of the eight instantiations since v14).
   static constexpr int kEntryRegs = (65536 / kThreads) / 8 * 8;  // 168 at 384 threads
   // The producer's share; the kernel gives the consumers the rest (216 each at 72).
-  static constexpr int kProducerRegs = kProducerRegs_;
+  static constexpr int kProducerRegs = 72;
   static constexpr int kChunksPerRow = kHeadDim * int(sizeof(Element)) / 16;  // 16-byte chunks
   static constexpr int kMetaSlots = 2 * kStages;
 
@@ -64,12 +63,11 @@ struct AttnTraits {
   using LayoutPAsA =
       Layout<Shape<Shape<_2, _2, _2>, _1, Int<kBlockN / 16>>, Stride<Stride<_1, _2, _4>, _0, _8>>;
 
-  // Q has a ring of kQBufs buffers (two by default: the next work tile's Q loads into one while
-  // the current tile runs on the other; one where the K/V stages leave no room), and the epilogue
-  // stages each warpgroup's 64 output rows (padded by 16 bytes, epilogue.h) in that warpgroup's
-  // block of the finished tile's buffer, so each block is the larger of the two, rounded up to
-  // whole 1 KB swizzle atoms.
-  static constexpr int kQBufs = kQBufs_;
+  // Q has a ring of two buffers (the next work tile's Q loads into one while the current tile
+  // runs on the other), and the epilogue stages each warpgroup's 64 output rows (padded by 16
+  // bytes, epilogue.h) in that warpgroup's block of the finished tile's buffer, so each block is
+  // the larger of the two, rounded up to whole 1 KB swizzle atoms.
+  static constexpr int kQBufs = 2;
   static constexpr int kStageElems = kWgRows * (kHeadDim + 8);
   static constexpr int kAtomElems = 1024 / int(sizeof(Element));
   static_assert(kStageElems >= kWgRows * kHeadDim, "the stage covers the Q block");

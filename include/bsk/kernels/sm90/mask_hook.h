@@ -223,10 +223,11 @@ struct SparseKMaskHook {
   };
   __device__ FusedGate fused_gate(const KvTile& t, int slot, int col0) const {
     FusedGate g{&smem->key_u[slot][col0], {INT32_MAX, INT32_MAX}, {tau[0], tau[1]}};
-    if (!t.gathered) {
+    if (t.mixed) {
       int hi[2];
       window_columns(t, col0, g.lo, hi);
-      if (!t.mixed) g.lo[0] = g.lo[1] = INT32_MIN;
+    } else if (!t.gathered) {
+      g.lo[0] = g.lo[1] = INT32_MIN;
     }
     return g;
   }
