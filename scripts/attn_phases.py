@@ -18,7 +18,7 @@ PRODUCER = list(enumerate(["work-tile header", "Q-empty wait", "Q issue", "metad
 CONSUMER = list(enumerate(["Q wait", "K wait", "V wait", "S = QK^T wait", "metadata wait",
                            "mask + softmax + gate", "P V wait", "issue, rescale, convert",
                            "finish (l, LSE, NaN rows)"])) + [
-    (12, "next-tile wait"), (13, "next-tile iterator + hook"),
+    (12, "next-tile wait"), (13, "iterator + hook (next tile; SparseK: this tile, from its header)"),
     (14, "epilogue store + Q release"), (9, "loop top")]
 
 

@@ -37,6 +37,9 @@ namespace bsk::sm90 {
 template <class Traits>
 struct DenseMode {
   static constexpr bool kHasMeta = false;  // no per-key metadata ring
+  // The consumers build each work tile's iterator and hook from the parameters alone, before
+  // the previous tile's epilogue (no work-tile header).
+  static constexpr bool kTileHeader = false;
   // TMA for Q and whole contiguous tiles; the producer's registers (the consumers get the rest).
   static constexpr bool kTma = true;
   static constexpr int kProducerRegs = Traits::kProducerRegs;
@@ -54,6 +57,12 @@ struct DenseMode {
 template <class Traits>
 struct SparseKMode {
   static constexpr bool kHasMeta = true;  // gathered tiles' key metadata ring
+  // The union's counts and the rows' tau reach the consumers through the work tile's header in
+  // shared memory (kernel_traits.h), which the producer fills from the loads it makes anyway:
+  // the consumers' own global loads of them put an L2 round trip between two work tiles (the
+  // iterator's counts are needed at once) and the epilogue's fence then waited for the tau
+  // loads too. Measured 4568 -> 4416 us at the seed shape (H200, docs/kernel_notes.md v52).
+  static constexpr bool kTileHeader = true;
   // TMA for Q and the whole contiguous tiles (the window's, which the iterator makes whole where
   // the window is a multiple of the tile), cp.async for the gathered and partial ones. With both
   // load paths in its loop the producer once spilled at 72 registers (v21 in docs/kernel_notes.md);
@@ -71,6 +80,16 @@ struct SparseKMode {
   __device__ static Hook hook(const Params& p, int m, int row0, int b, int hkv,
                               const typename Traits::SharedStorage* sm) {
     return Hook(p, m, row0, Traits::kBlockM, b, hkv, sm);
+  }
+  // The consumers': from the header of the work tile in Q buffer qs.
+  __device__ static Iterator header_iterator(const Params& p, int m, int b, int hkv,
+                                             const typename Traits::SharedStorage* sm, int qs) {
+    return Iterator(p, m, b, hkv, sm->union_counts[qs][0] + sm->union_counts[qs][1],
+                    sm->union_counts[qs][0]);
+  }
+  __device__ static Hook header_hook(const Params& p, int m, int row0, int b, int hkv,
+                                     const typename Traits::SharedStorage* sm, int qs) {
+    return Hook(p, m, row0, Traits::kBlockM, b, hkv, sm, sm->row_tau[qs]);
   }
 };
 
@@ -158,6 +177,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       // beside the counts' instead of after them (entries past the counts are never used).
       int32_t pre_j = INT32_MAX, pre_n = 0;
       float pre_u = 0.f;
+      // The work tile's header: row tid's tau (rows past the end take the last row's, as the
+      // hook would), loaded beside the counts.
+      float row_tau = 0.f;
+      if constexpr (Mode::kTileHeader) {
+        static_assert(kBlockM == 128, "one header row per producer thread");
+        const int64_t i = int64_t(m) * kBlockM + tid;
+        row_tau = __ldg(params.tau + (int64_t(b) * a.num_heads_kv + hkv) * a.seqlen_q +
+                        (i < a.seqlen_q ? i : a.seqlen_q - 1));
+      }
       if constexpr (kMeta) {
         const int64_t e0 = Mode::Iterator::union_slot(params, m, b, hkv) * params.union_cap;
         if (tid < params.union_cap) {
@@ -182,6 +210,16 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         Element* const q_dst = sm.q + qs * Traits::kQElems;
         if (w >= kQBufs) Barrier::wait(&sm.bar_q_empty[qs], ((w - kQBufs) / kQBufs) & 1);
         pc.lap(1);
+        if constexpr (Mode::kTileHeader) {
+          // Released by this thread's arrival on bar_q[qs] below (the consumers acquire it with
+          // their wait); on the cp.async path that arrival is asynchronous, so a fence first.
+          sm.row_tau[qs][tid] = row_tau;
+          if (tid == 0) {
+            sm.union_counts[qs][0] = it.old_count;
+            sm.union_counts[qs][1] = it.mix_count;
+          }
+          if (!(Mode::kTma && tma.enabled)) __threadfence_block();
+        }
         // Q as two 64-row blocks (one per consumer warpgroup), each a contiguous tile.
         auto sQ0 = make_tensor(make_smem_ptr(q_dst), typename Traits::SmemLayoutQ{});
         auto sQ1 = make_tensor(make_smem_ptr(q_dst + Traits::kQBlockElems),
@@ -373,9 +411,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     PhaseClock pc;
     if constexpr (kPhaseClock) pc.init(sm.prof[wg], ctid == 0);
     int g = 0, w = 0;
-    // The work tile's coordinates, KV iterator and hook (their loads: SparseK's union length and
-    // the rows' tau) are set up for the next tile before this one's epilogue, so their latency
-    // hides behind it. A grid never gets more CTAs than tiles, so blockIdx.x is a tile.
+    // The work tile's coordinates are set up for the next tile before this one's epilogue, and
+    // so are the KV iterator and the hook where they come from the parameters alone (dense);
+    // SparseK's come from the tile's header once its Q barrier has completed (the first tile's
+    // are replaced there too). A grid never gets more CTAs than tiles, so blockIdx.x is a tile.
     TileCoord tc = sched.coord(blockIdx.x);
     auto it = Mode::iterator(params, tc.m_block, tc.batch, tc.head_kv);
     auto hook = Mode::hook(params, tc.m_block, row_in_cta0, tc.batch, tc.head_kv, &sm);
@@ -424,6 +463,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       pc.lap(9);
       Barrier::wait(&sm.bar_q[qs], (w / kQBufs) & 1);
       pc.lap(0);
+      if constexpr (Mode::kTileHeader) {
+        it = Mode::header_iterator(params, m, b, tc.head_kv, &sm, qs);
+        hook = Mode::header_hook(params, m, row_in_cta0, b, tc.head_kv, &sm, qs);
+        pc.lap(13);
+      }
       const int n = it.num_tiles;
       pc.count(10, n);
       if (n == 0) {
@@ -510,11 +554,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       pc.lap(8);
       const int wt_next = next_tile(w);
       pc.lap(12);
-      // Past the last tile: any valid tile, never used.
+      // Past the last tile: any valid tile, never used. (The word is read before this tile's
+      // Q buffer is released below: after that the producer could run two short tiles ahead
+      // and rewrite it.)
       const TileCoord tn = sched.coord(wt_next < sched.num_tiles ? wt_next : wt);
-      const auto it_next = Mode::iterator(params, tn.m_block, tn.batch, tn.head_kv);
-      const auto hook_next = Mode::hook(params, tn.m_block, row_in_cta0, tn.batch, tn.head_kv, &sm);
-      pc.lap(13);
+      if constexpr (!Mode::kTileHeader) {  // (nothing below reads this tile's)
+        it = Mode::iterator(params, tn.m_block, tn.batch, tn.head_kv);
+        hook = Mode::hook(params, tn.m_block, row_in_cta0, tn.batch, tn.head_kv, &sm);
+        pc.lap(13);
+      }
       Element* ob = static_cast<Element*>(a.o) + b * a.o_stride[0] + h * a.o_stride[2];
       float* lb = a.lse ? a.lse + (int64_t(b) * a.num_heads + h) * a.seqlen_q : nullptr;
       using Epi = StagedEpilogue<Element, kD>;
@@ -533,8 +581,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       pc.count(11);
       wt = wt_next;
       tc = tn;
-      it = it_next;
-      hook = hook_next;
     }
   }
   if constexpr (kPhaseClock) {

@@ -104,6 +104,12 @@ struct AttnTraits {
     uint64_t bar_v[kStages];
     uint64_t bar_empty_k[kStages];  // K stage consumed (after S = Q K^T)
     uint64_t bar_empty_v[kStages];  // V stage consumed (after O += P V)
+    // Work tile w's header in slot w % kQBufs (SparseK): its rows' tau and its union's counts
+    // (gathered keys, mixed-tile keys), stored by the producer before it arrives on the tile's
+    // Q barrier and read by the consumers after their wait on it; the slot is reused with the Q
+    // buffer, after the consumers release that.
+    float row_tau[kQBufs][kBlockM];
+    int32_t union_counts[kQBufs][2];
 #if defined(BSK_ATTN_PROFILE)
     unsigned prof[3][16];  // phase_clock.h: kPhaseSlots per warpgroup
 #endif

@@ -76,13 +76,21 @@ struct SparseKKvIterator {
   }
   __device__ SparseKKvIterator(const kernels::SparseKFwdParams& p, int m_block, int batch,
                                int head_kv) {
-    const auto& a = p.attn;
     const int64_t slot = union_slot(p, m_block, batch, head_kv);
+    init(p, m_block, slot, p.union_cnt[slot], p.union_old[slot]);
+  }
+  // With the union's counts already known (list_count entries, the first old_count gathered).
+  __device__ SparseKKvIterator(const kernels::SparseKFwdParams& p, int m_block, int batch,
+                               int head_kv, int list_count, int old) {
+    init(p, m_block, union_slot(p, m_block, batch, head_kv), list_count, old);
+  }
+  __device__ void init(const kernels::SparseKFwdParams& p, int m_block, int64_t slot,
+                       int list_count, int old) {
+    const auto& a = p.attn;
     list = p.union_idx + slot * p.union_cap;
     rows = p.union_rows + slot * p.union_cap;
     u = p.union_u + slot * p.union_cap;
-    const int list_count = p.union_cnt[slot];
-    old_count = p.union_old[slot];
+    old_count = old;
     mix_count = list_count - old_count;
     num_gathered = (old_count + kBlockN - 1) / kBlockN;
     int64_t first_row = int64_t(m_block) * kBlockM;

@@ -115,8 +115,11 @@ struct SparseKMaskHook {
   float tau[2];
   const SharedStorage* smem;
 
+  // tile_tau: the CTA's rows' tau in shared memory (the work tile's header), or nullptr to
+  // load them from p.tau.
   __device__ SparseKMaskHook(const kernels::SparseKFwdParams& p, int m_block, int row_in_cta0,
-                             int kBlockM, int batch, int head_kv, const SharedStorage* sm)
+                             int kBlockM, int batch, int head_kv, const SharedStorage* sm,
+                             const float* tile_tau = nullptr)
       : smem(sm) {
     const auto& a = p.attn;
     window = int32_t(p.window < a.seqlen_k ? p.window : a.seqlen_k + 1);
@@ -132,7 +135,7 @@ struct SparseKMaskHook {
       int64_t ic = i < a.seqlen_q ? i : a.seqlen_q - 1;
       pos[b] = int32_t(offset + i);
       int64_t q = (int64_t(batch) * a.num_heads_kv + head_kv) * a.seqlen_q + ic;
-      tau[b] = p.tau[q];
+      tau[b] = tile_tau ? tile_tau[row[b]] : p.tau[q];
     }
   }
 
