@@ -26,11 +26,6 @@
 #ifndef BSK_DENSE_PIN_SOFTMAX
 #define BSK_DENSE_PIN_SOFTMAX 1
 #endif
-// Development switch (docs/kernel_notes.md, thirteenth session): 1 or 2 fuses SparseK's value
-// gate into the softmax's exponentials (OnlineSoftmax::step_gated); 0 applies it in a pass after.
-#ifndef BSK_FUSED_GATE
-#define BSK_FUSED_GATE 0
-#endif
 
 namespace bsk::sm90 {
 
@@ -438,22 +433,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // softmax, so the two warpgroups alternate GEMM and softmax phases by themselves.
         // Forcing the softmax under the P V with a branch around it measured 4-6% slower.)
         hook.mask(tSrS, t, slot, col0);
-#if BSK_FUSED_GATE
-        // (Development variant.) The gate inside the softmax's exponentials: 1 = every SparseK
-        // tile (window tiles with factor 1), 2 = gathered and mixed tiles only.
-        bool rescale;
-        if constexpr (decltype(hook)::kHasGate) {
-          if (BSK_FUSED_GATE == 1 || t.gathered || t.mixed)
-            rescale = softmax.step_gated(tSrS, corr, hook.fused_gate(t, slot, col0));
-          else
-            rescale = softmax.step(tSrS, corr);
-        } else {
-          rescale = softmax.step(tSrS, corr);
-        }
-#else
         const bool rescale = softmax.step(tSrS, corr);
         hook.gate(tSrS, t, slot, col0);
-#endif
         if constexpr (kMeta) release_all(&sm.bar_meta_empty[slot]);
         pc.lap(5);
         return rescale;

@@ -212,29 +212,6 @@ struct SparseKMaskHook {
     }
   }
 
-  // The gate as OnlineSoftmax::step_gated takes it, for any tile: factor 1 from the row's window
-  // on (lo[b]; every column of a window tile, none of a gathered one), else clip(u_j - tau, 0,
-  // 1) from the slot's scores (the same arithmetic as metadata_gate, so the products are too).
-  struct FusedGate {
-    const float* u;  // the slot's key_u at the thread's first column
-    int lo[2];
-    float tau[2];
-    __device__ float2 load(int v) const { return lds_f32x2(u + 8 * v); }
-    __device__ float factor(const float2& x, int v, int a, int b) const {
-      return 8 * v + a >= lo[b] ? 1.f : sub_sat(a ? x.y : x.x, tau[b]);
-    }
-  };
-  __device__ FusedGate fused_gate(const KvTile& t, int slot, int col0) const {
-    FusedGate g{&smem->key_u[slot][col0], {INT32_MAX, INT32_MAX}, {tau[0], tau[1]}};
-    if (t.mixed) {
-      int hi[2];
-      window_columns(t, col0, g.lo, hi);
-    } else if (!t.gathered) {
-      g.lo[0] = g.lo[1] = INT32_MIN;
-    }
-    return g;
-  }
-
   template <class Frag>
   __device__ void gate(Frag& p, const KvTile& t, int slot, int col0) const {
     int lo[2] = {0, 0}, hi[2] = {0, 0};

@@ -109,40 +109,6 @@ struct OnlineSoftmax {
     return rescale;
   }
 
-  // step() with a value gate fused into the exponentials: s becomes exp2(...) * gate while the
-  // row sums take the ungated values (value gating). gate.load(v) fetches what columns
-  // 8 v + col0 + {0, 1} need (one shared load for both rows), gate.factor(x, v, a, b) is the
-  // factor of element a + 2 b + 4 v. Column by column, so the gate's loads and arithmetic issue
-  // between this loop's MUFU.EX2s instead of in a pass of their own after it.
-  template <class Frag, class Gate>
-  __device__ bool step_gated(Frag& s, float (&correction)[2], const Gate& gate) {
-    constexpr int kV = kCols / 8;
-    float m_new[2];
-    const bool rescale = new_max(s, m_new);
-    float m_use[2], part[2][kSumParts];
-#pragma unroll
-    for (int b = 0; b < 2; ++b) {
-      m_use[b] = take_max(b, rescale, m_new, correction);
-#pragma unroll
-      for (int q = 0; q < kSumParts; ++q) part[b][q] = 0.f;
-    }
-#pragma unroll
-    for (int v = 0; v < kV; ++v) {
-      const auto x = gate.load(v);
-#pragma unroll
-      for (int b = 0; b < 2; ++b)
-#pragma unroll
-        for (int a = 0; a < 2; ++a) {
-          const float p = exp2f(fmaf(s(a + 2 * b + 4 * v), scale_log2, -m_use[b]));
-          part[b][v % kSumParts] += p;
-          s(a + 2 * b + 4 * v) = p * gate.factor(x, v, a, b);
-        }
-    }
-#pragma unroll
-    for (int b = 0; b < 2; ++b) add_sum(b, rescale, correction, part[b]);
-    return rescale;
-  }
-
   // Final normaliser 1/l and natural-log LSE per row; rows with no key: 0 and -inf.
   __device__ void finish(float (&inv)[2], float (&lse)[2]) {
 #pragma unroll
