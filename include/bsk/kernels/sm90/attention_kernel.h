@@ -55,8 +55,8 @@ struct SparseKMode {
   // The union's counts and the rows' tau reach the consumers through the work tile's header in
   // shared memory (kernel_traits.h), which the producer fills from the loads it makes anyway:
   // the consumers' own global loads of them put an L2 round trip between two work tiles (the
-  // iterator's counts are needed at once) and the epilogue's fence then waited for the tau
-  // loads too. Measured 4568 -> 4416 us at the seed shape (H200, docs/kernel_notes.md v52).
+  // iterator's counts are needed at once). Measured 4568 -> 4416 us at the seed shape (H200,
+  // docs/kernel_notes.md v52).
   static constexpr bool kTileHeader = true;
   // TMA for Q and the whole contiguous tiles (the window's, which the iterator makes whole where
   // the window is a multiple of the tile), cp.async for the gathered and partial ones. With both
