@@ -34,6 +34,53 @@ __device__ __forceinline__ int2 lds_s32x2(const int32_t* p) {
   return v;
 }
 
+__device__ __forceinline__ int4 lds_s32x4(const int32_t* p) {
+  int4 v;
+  asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(cute::cast_smem_ptr_to_uint(p)));
+  return v;
+}
+__device__ __forceinline__ float4 lds_f32x4(const float* p) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(cute::cast_smem_ptr_to_uint(p)));
+  return v;
+}
+
+// Where column c of a tile's key metadata (n_j, u_j) sits in its slot. Development switch
+// BSK_META_PERMUTED (docs/kernel_notes.md, fourteenth session): 1 stores the columns of each
+// accumulator column pair class (c % 8 / 2, the lane's col0 / 2) together, in column order, so
+// a consumer thread's 32 values are contiguous and come in 8 16-byte loads per array instead of
+// 16 8-byte ones; 0 keeps column order.
+#ifndef BSK_META_PERMUTED
+#define BSK_META_PERMUTED 0
+#endif
+template <int kBlockN>
+__host__ __device__ constexpr int meta_column(int c) {
+#if BSK_META_PERMUTED
+  return c % 8 / 2 * (kBlockN / 4) + c / 8 * 2 + c % 2;
+#else
+  return c;
+#endif
+}
+// What the consumers' loads assume of it: a permutation of the slot, with the columns 8 v + col0
+// + a of each col0 at meta_column(col0) + 2 v + a when permuted.
+template <int kBlockN>
+constexpr bool meta_columns_ok() {
+  bool seen[kBlockN] = {};
+  for (int c = 0; c < kBlockN; ++c) {
+    const int m = meta_column<kBlockN>(c);
+    if (m < 0 || m >= kBlockN || seen[m]) return false;
+    seen[m] = true;
+    if (BSK_META_PERMUTED && m != meta_column<kBlockN>(c % 8 / 2 * 2) + c / 8 * 2 + c % 2)
+      return false;
+  }
+  return true;
+}
+static_assert(meta_columns_ok<128>(), "metadata column layout");
+
 // clip(a - b, 0, 1) in one instruction (NaN -> 0).
 __device__ __forceinline__ float sub_sat(float a, float b) {
   float d;
@@ -146,9 +193,7 @@ struct SparseKMaskHook {
   template <bool kWindow, class Frag>
   __device__ void metadata_mask(Frag& s, int slot, int col0, const int (&lo)[2],
                                 const int (&hi)[2]) const {
-#pragma unroll
-    for (int v = 0; v < kBlockN / 8; ++v) {
-      const int2 nn = lds_s32x2(&smem->key_rows[slot][8 * v + col0]);
+    auto columns = [&](int v, const int2& nn) {
 #pragma unroll
       for (int a = 0; a < 2; ++a) {
         const int32_t n = a ? nn.y : nn.x;
@@ -160,7 +205,20 @@ struct SparseKMaskHook {
           s(e) = keep ? s(e) : -INFINITY;
         }
       }
+    };
+#if BSK_META_PERMUTED
+    const int32_t* base = &smem->key_rows[slot][meta_column<kBlockN>(col0)];
+#pragma unroll
+    for (int q = 0; q < kBlockN / 16; ++q) {
+      const int4 n4 = lds_s32x4(base + 4 * q);
+      columns(2 * q, make_int2(n4.x, n4.y));
+      columns(2 * q + 1, make_int2(n4.z, n4.w));
     }
+#else
+#pragma unroll
+    for (int v = 0; v < kBlockN / 8; ++v)
+      columns(v, lds_s32x2(&smem->key_rows[slot][8 * v + col0]));
+#endif
   }
 
   template <class Frag>
@@ -199,9 +257,7 @@ struct SparseKMaskHook {
   // is NaN anyway) can select. Masked keys have p = 0.
   template <bool kWindow, class Frag>
   __device__ void metadata_gate(Frag& p, int slot, int col0, const int (&lo)[2]) const {
-#pragma unroll
-    for (int v = 0; v < kBlockN / 8; ++v) {
-      const float2 uu = lds_f32x2(&smem->key_u[slot][8 * v + col0]);
+    auto columns = [&](int v, const float2& uu) {
 #pragma unroll
       for (int a = 0; a < 2; ++a)
 #pragma unroll
@@ -209,7 +265,19 @@ struct SparseKMaskHook {
           const float m = sub_sat((a ? uu.y : uu.x), tau[b]);
           p(a + 2 * b + 4 * v) *= kWindow && 8 * v + a >= lo[b] ? 1.f : m;
         }
+    };
+#if BSK_META_PERMUTED
+    const float* base = &smem->key_u[slot][meta_column<kBlockN>(col0)];
+#pragma unroll
+    for (int q = 0; q < kBlockN / 16; ++q) {
+      const float4 u4 = lds_f32x4(base + 4 * q);
+      columns(2 * q, make_float2(u4.x, u4.y));
+      columns(2 * q + 1, make_float2(u4.z, u4.w));
     }
+#else
+#pragma unroll
+    for (int v = 0; v < kBlockN / 8; ++v) columns(v, lds_f32x2(&smem->key_u[slot][8 * v + col0]));
+#endif
   }
 
   template <class Frag>
