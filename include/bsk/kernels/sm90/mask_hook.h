@@ -81,6 +81,37 @@ constexpr bool meta_columns_ok() {
 }
 static_assert(meta_columns_ok<128>(), "metadata column layout");
 
+// Calls f(v, pair) for v < kBlockN / 8, pair = the slot's values of the thread's columns
+// 8 v + col0 + {0, 1} (an int2 or float2): the mask's and the gate's reads of a slot.
+__device__ __forceinline__ int2 lds_pair(const int32_t* p) {
+  return lds_s32x2(p);
+}
+__device__ __forceinline__ float2 lds_pair(const float* p) {
+  return lds_f32x2(p);
+}
+__device__ __forceinline__ int4 lds_quad(const int32_t* p) {
+  return lds_s32x4(p);
+}
+__device__ __forceinline__ float4 lds_quad(const float* p) {
+  return lds_f32x4(p);
+}
+template <int kBlockN, class T, class F>
+__device__ __forceinline__ void for_slot_columns(const T* slot, int col0, F&& f) {
+#if BSK_META_PERMUTED
+  using Pair = decltype(lds_pair(slot));
+  const T* base = slot + meta_column<kBlockN>(col0);
+#pragma unroll
+  for (int q = 0; q < kBlockN / 16; ++q) {
+    const auto x = lds_quad(base + 4 * q);
+    f(2 * q, Pair{x.x, x.y});
+    f(2 * q + 1, Pair{x.z, x.w});
+  }
+#else
+#pragma unroll
+  for (int v = 0; v < kBlockN / 8; ++v) f(v, lds_pair(slot + 8 * v + col0));
+#endif
+}
+
 // clip(a - b, 0, 1) in one instruction (NaN -> 0).
 __device__ __forceinline__ float sub_sat(float a, float b) {
   float d;
@@ -206,19 +237,7 @@ struct SparseKMaskHook {
         }
       }
     };
-#if BSK_META_PERMUTED
-    const int32_t* base = &smem->key_rows[slot][meta_column<kBlockN>(col0)];
-#pragma unroll
-    for (int q = 0; q < kBlockN / 16; ++q) {
-      const int4 n4 = lds_s32x4(base + 4 * q);
-      columns(2 * q, make_int2(n4.x, n4.y));
-      columns(2 * q + 1, make_int2(n4.z, n4.w));
-    }
-#else
-#pragma unroll
-    for (int v = 0; v < kBlockN / 8; ++v)
-      columns(v, lds_s32x2(&smem->key_rows[slot][8 * v + col0]));
-#endif
+    for_slot_columns<kBlockN>(smem->key_rows[slot], col0, columns);
   }
 
   template <class Frag>
@@ -266,18 +285,7 @@ struct SparseKMaskHook {
           p(a + 2 * b + 4 * v) *= kWindow && 8 * v + a >= lo[b] ? 1.f : m;
         }
     };
-#if BSK_META_PERMUTED
-    const float* base = &smem->key_u[slot][meta_column<kBlockN>(col0)];
-#pragma unroll
-    for (int q = 0; q < kBlockN / 16; ++q) {
-      const float4 u4 = lds_f32x4(base + 4 * q);
-      columns(2 * q, make_float2(u4.x, u4.y));
-      columns(2 * q + 1, make_float2(u4.z, u4.w));
-    }
-#else
-#pragma unroll
-    for (int v = 0; v < kBlockN / 8; ++v) columns(v, lds_f32x2(&smem->key_u[slot][8 * v + col0]));
-#endif
+    for_slot_columns<kBlockN>(smem->key_u[slot], col0, columns);
   }
 
   template <class Frag>
