@@ -41,13 +41,6 @@ __device__ __forceinline__ int4 lds_s32x4(const int32_t* p) {
                : "r"(cute::cast_smem_ptr_to_uint(p)));
   return v;
 }
-__device__ __forceinline__ float4 lds_f32x4(const float* p) {
-  float4 v;
-  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(cute::cast_smem_ptr_to_uint(p)));
-  return v;
-}
 
 // Where column c of a tile's key metadata (n_j, u_j) sits in its slot. Development switch
 // BSK_META_PERMUTED (docs/kernel_notes.md, fourteenth session): 1 stores the columns of each
@@ -93,7 +86,9 @@ __device__ __forceinline__ int4 lds_quad(const int32_t* p) {
   return lds_s32x4(p);
 }
 __device__ __forceinline__ float4 lds_quad(const float* p) {
-  return lds_f32x4(p);
+  const int4 x = lds_s32x4(reinterpret_cast<const int32_t*>(p));
+  return make_float4(__int_as_float(x.x), __int_as_float(x.y), __int_as_float(x.z),
+                     __int_as_float(x.w));
 }
 template <int kBlockN, class T, class F>
 __device__ __forceinline__ void for_slot_columns(const T* slot, int col0, F&& f) {
