@@ -151,6 +151,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   int* const counter = &g_tile_counters[counter_slot];
   auto next_tile = [&](int w) -> int {
     Barrier::wait(&sm.bar_tile[w & 1], (w >> 1) & 1);
+    asm volatile("" ::: "memory");  // (the wait's asm has no memory clobber)
     return sm.next_tile[w & 1];
   };
   if (wg == 0) {
@@ -445,6 +446,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       Barrier::wait(&sm.bar_q[qs], (w / kQBufs) & 1);
       pc.lap(0);
       if constexpr (Mode::kTileHeader) {
+        // (The wait's asm has no memory clobber: keep the header's plain loads after it.)
+        asm volatile("" ::: "memory");
         it = Mode::header_iterator(params, m, b, tc.head_kv, &sm, qs);
         hook = Mode::header_hook(params, m, row_in_cta0, b, tc.head_kv, &sm, qs);
         pc.lap(13);
