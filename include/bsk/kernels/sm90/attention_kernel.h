@@ -215,6 +215,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
             sm.union_counts[qs][1] = it.mix_count;
           }
           if (!(Mode::kTma && tma.enabled)) __threadfence_block();
+          asm volatile("" ::: "memory");  // (the arrive's asm has no memory clobber)
         }
         // Q as two 64-row blocks (one per consumer warpgroup), each a contiguous tile.
         auto sQ0 = make_tensor(make_smem_ptr(q_dst), typename Traits::SmemLayoutQ{});
@@ -288,6 +289,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
                 sm.key_u[slot][meta_column<kBlockN>(jm - int(t.start))] = um;
               }
             }
+            asm volatile("" ::: "memory");  // the stores stay above the arrive (no clobber)
             Barrier::arrive(&sm.bar_meta_full[slot]);
             pc.lap(7);
           }
