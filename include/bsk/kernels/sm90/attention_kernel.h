@@ -173,14 +173,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       // beside the counts' instead of after them (entries past the counts are never used).
       int32_t pre_j = INT32_MAX, pre_n = 0;
       float pre_u = 0.f;
-      // The work tile's header: row tid's tau (rows past the end take the last row's, as the
-      // hook would), loaded beside the counts.
+      // The work tile's header: row tid's tau, loaded beside the counts.
       float row_tau = 0.f;
       if constexpr (Mode::kTileHeader) {
         static_assert(kBlockM == 128, "one header row per producer thread");
-        const int64_t i = int64_t(m) * kBlockM + tid;
-        row_tau = __ldg(params.tau + (int64_t(b) * a.num_heads_kv + hkv) * a.seqlen_q +
-                        (i < a.seqlen_q ? i : a.seqlen_q - 1));
+        row_tau =
+            __ldg(params.tau + Mode::Hook::tau_index(params, int64_t(m) * kBlockM + tid, b, hkv));
       }
       if constexpr (kMeta) {
         const int64_t e0 = Mode::Iterator::union_slot(params, m, b, hkv) * params.union_cap;

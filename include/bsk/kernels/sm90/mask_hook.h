@@ -188,6 +188,14 @@ struct SparseKMaskHook {
   float tau[2];
   const SharedStorage* smem;
 
+  // Query row i's entry of tau ([B, Hkv, Sq]; rows past the end take the last row's).
+  __device__ static int64_t tau_index(const kernels::SparseKFwdParams& p, int64_t i, int batch,
+                                      int head_kv) {
+    const auto& a = p.attn;
+    return (int64_t(batch) * a.num_heads_kv + head_kv) * a.seqlen_q +
+           (i < a.seqlen_q ? i : a.seqlen_q - 1);
+  }
+
   // tile_tau: the CTA's rows' tau in shared memory (the work tile's header), or nullptr to
   // load them from p.tau.
   __device__ SparseKMaskHook(const kernels::SparseKFwdParams& p, int m_block, int row_in_cta0,
@@ -205,10 +213,8 @@ struct SparseKMaskHook {
     for (int b = 0; b < 2; ++b) {
       row[b] = row_in_cta0 + 8 * b;
       int64_t i = first + row[b];
-      int64_t ic = i < a.seqlen_q ? i : a.seqlen_q - 1;
       pos[b] = int32_t(offset + i);
-      int64_t q = (int64_t(batch) * a.num_heads_kv + head_kv) * a.seqlen_q + ic;
-      tau[b] = tile_tau ? tile_tau[row[b]] : p.tau[q];
+      tau[b] = tile_tau ? tile_tau[row[b]] : p.tau[tau_index(p, i, batch, head_kv)];
     }
   }
 
