@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     cutlass::arch::warpgroup_reg_dealloc<Mode::kProducerRegs>();
     using Producer = CpAsyncProducer<Traits>;
     PhaseClock pc;
-    if constexpr (kPhaseClock) pc.init(sm.prof[0], tid == 0);
+    if constexpr (kPhaseClock) pc.init(sm.prof[0][tid / 32], tid % 32 == 0);
     int g = 0, w = 0;
     for (int wt = blockIdx.x; wt < sched.num_tiles; ++w) {
       // Issued now, used after this tile's loads: the atomic's latency hides behind them.
@@ -405,7 +405,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     auto turn_end = [&] { asm volatile("bar.arrive %0, 256;\n" ::"r"(5 - cw) : "memory"); };
     if (cw == 1) asm volatile("bar.arrive 4, 256;\n" ::: "memory");  // warpgroup 0 goes first
     PhaseClock pc;
-    if constexpr (kPhaseClock) pc.init(sm.prof[wg], ctid == 0);
+    if constexpr (kPhaseClock) pc.init(sm.prof[wg][ctid / 32], ctid % 32 == 0);
     int g = 0, w = 0;
     // The work tile's coordinates are set up for the next tile before this one's epilogue, and
     // so are the KV iterator and the hook where they come from the parameters alone (dense);
@@ -555,7 +555,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       Element* const stage = sm.q + qs * Traits::kQElems + cw * Traits::kQBlockElems;
       Epi::store(tOrO, inv, lse, nan_row, stage, ob, a.o_stride[1], lb,
                  int64_t(m) * kBlockM + cw * Traits::kWgRows, row_in_cta0 - cw * Traits::kWgRows,
-                 a.seqlen_q, ctid, cw);
+                 a.seqlen_q, ctid, cw, pc);
       // The Q buffer is free for the producer's next load into it once every consumer thread
       // is done with the stage (its generic accesses ordered before that load's async-proxy
       // writes).
@@ -570,9 +570,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   if constexpr (kPhaseClock) {
 #if defined(BSK_ATTN_PROFILE)
     __syncthreads();
-    if (tid < 3 * kPhaseSlots && blockIdx.x < kPhaseMaxCtas)
-      g_phase_clock[blockIdx.x][tid / kPhaseSlots][tid % kPhaseSlots] =
-          sm.prof[tid / kPhaseSlots][tid % kPhaseSlots];
+    static_assert(sizeof(sm.prof) == sizeof(g_phase_clock[0]), "profile layout");
+    if (blockIdx.x < kPhaseMaxCtas)
+      for (int i = tid; i < int(sizeof(sm.prof) / sizeof(unsigned)); i += Traits::kThreads)
+        (&g_phase_clock[blockIdx.x][0][0][0])[i] = (&sm.prof[0][0][0])[i];
 #endif
   }
 }

@@ -31,14 +31,16 @@ struct StagedEpilogue {
     asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
   }
   // stage: the warpgroup's 64 x kStageCols rows; wg_first_row: the query row of its row 0;
-  // row_in_wg0: this thread's first row within the warpgroup (warp * 16 + lane / 4).
-  template <class Frag>
+  // row_in_wg0: this thread's first row within the warpgroup (warp * 16 + lane / 4); clock: the
+  // phase profile's (phase_clock.h; laps 15-17, nothing without BSK_ATTN_PROFILE).
+  template <class Frag, class Clock>
   __device__ static void store(Frag& o, const float (&inv)[2], const float (&lse)[2],
                                const bool (&nan_row)[2], Element* stage, Element* out_bh,
                                int64_t row_stride, float* lse_bh, int64_t wg_first_row,
-                               int row_in_wg0, int64_t seqlen_q, int ctid, int cw) {
+                               int row_in_wg0, int64_t seqlen_q, int ctid, int cw, Clock& clock) {
     const int lane = ctid % 32, col0 = 2 * (lane % 4);
     wg_sync(cw);  // every warp is done with the stage's previous contents (the tile's Q block)
+    clock.lap(15);
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       Element* row = stage + (row_in_wg0 + 8 * b) * kStageCols;
@@ -50,6 +52,7 @@ struct StagedEpilogue {
       if (lse_bh && lane % 4 == 0 && i < seqlen_q) lse_bh[i] = nan_row[b] ? NAN : lse[b];
     }
     wg_sync(cw);
+    clock.lap(16);
     // Thread t copies chunk t % kChunks of rows t / kChunks + kRowsPerPass * k: one shared and
     // one global address, each advanced by a constant per k. All chunks are loaded before the
     // first store, so no load waits for a store to release its registers.
@@ -72,6 +75,7 @@ struct StagedEpilogue {
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k)
       if (row + k * kRowsPerPass < seqlen_q) *reinterpret_cast<uint4*>(g + k * g_step) = x[k];
+    clock.lap(17);
   }
 };
 

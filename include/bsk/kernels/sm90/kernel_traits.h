@@ -111,7 +111,7 @@ struct AttnTraits {
     float row_tau[kQBufs][kBlockM];
     int32_t union_counts[kQBufs][2];
 #if defined(BSK_ATTN_PROFILE)
-    unsigned prof[3][16];  // phase_clock.h: kPhaseSlots per warpgroup
+    unsigned prof[3][4][18];  // phase_clock.h: kPhaseSlots per warp
 #endif
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;  // + alignment slack
