@@ -272,8 +272,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
               // Every producer thread is past its reads of the slot's previous tile's keys.
               asm volatile("bar.sync 1, 128;\n" ::: "memory");
               sm.key_idx[slot][tid] = jm;
-              sm.key_rows[slot][meta_column<kBlockN>(tid)] = nm;
-              sm.key_u[slot][meta_column<kBlockN>(tid)] = um;
+              sm.key_rows[slot][tid] = nm;
+              sm.key_u[slot][tid] = um;
               // The producer threads read each other's key indices below (and for V).
               asm volatile("bar.sync 1, 128;\n" ::: "memory");
             } else if (t.mixed) {
@@ -283,8 +283,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
               sm.key_u[slot][tid] = 0.f;
               asm volatile("bar.sync 1, 128;\n" ::: "memory");
               if (meta_ok) {
-                sm.key_rows[slot][meta_column<kBlockN>(jm - int(t.start))] = nm;
-                sm.key_u[slot][meta_column<kBlockN>(jm - int(t.start))] = um;
+                sm.key_rows[slot][jm - int(t.start)] = nm;
+                sm.key_u[slot][jm - int(t.start)] = um;
               }
             }
             asm volatile("" ::: "memory");  // the stores stay above the arrive (no clobber)

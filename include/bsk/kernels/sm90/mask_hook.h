@@ -34,46 +34,6 @@ __device__ __forceinline__ int2 lds_s32x2(const int32_t* p) {
   return v;
 }
 
-__device__ __forceinline__ int4 lds_s32x4(const int32_t* p) {
-  int4 v;
-  asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "r"(cute::cast_smem_ptr_to_uint(p)));
-  return v;
-}
-
-// Where column c of a tile's key metadata (n_j, u_j) sits in its slot. Development switch
-// BSK_META_PERMUTED (docs/kernel_notes.md, fourteenth session): 1 stores the columns of each
-// accumulator column pair class (c % 8 / 2, the lane's col0 / 2) together, in column order, so
-// a consumer thread's 32 values are contiguous and come in 8 16-byte loads per array instead of
-// 16 8-byte ones; 0 keeps column order.
-#ifndef BSK_META_PERMUTED
-#define BSK_META_PERMUTED 0
-#endif
-template <int kBlockN>
-__host__ __device__ constexpr int meta_column(int c) {
-#if BSK_META_PERMUTED
-  return c % 8 / 2 * (kBlockN / 4) + c / 8 * 2 + c % 2;
-#else
-  return c;
-#endif
-}
-// What the consumers' loads assume of it: a permutation of the slot, with the columns 8 v + col0
-// + a of each col0 at meta_column(col0) + 2 v + a when permuted.
-template <int kBlockN>
-constexpr bool meta_columns_ok() {
-  bool seen[kBlockN] = {};
-  for (int c = 0; c < kBlockN; ++c) {
-    const int m = meta_column<kBlockN>(c);
-    if (m < 0 || m >= kBlockN || seen[m]) return false;
-    seen[m] = true;
-    if (BSK_META_PERMUTED && m != meta_column<kBlockN>(c % 8 / 2 * 2) + c / 8 * 2 + c % 2)
-      return false;
-  }
-  return true;
-}
-static_assert(meta_columns_ok<128>(), "metadata column layout");
-
 // Calls f(v, pair) for v < kBlockN / 8, pair = the slot's values of the thread's columns
 // 8 v + col0 + {0, 1} (an int2 or float2): the mask's and the gate's reads of a slot.
 __device__ __forceinline__ int2 lds_pair(const int32_t* p) {
@@ -82,29 +42,10 @@ __device__ __forceinline__ int2 lds_pair(const int32_t* p) {
 __device__ __forceinline__ float2 lds_pair(const float* p) {
   return lds_f32x2(p);
 }
-__device__ __forceinline__ int4 lds_quad(const int32_t* p) {
-  return lds_s32x4(p);
-}
-__device__ __forceinline__ float4 lds_quad(const float* p) {
-  const int4 x = lds_s32x4(reinterpret_cast<const int32_t*>(p));
-  return make_float4(__int_as_float(x.x), __int_as_float(x.y), __int_as_float(x.z),
-                     __int_as_float(x.w));
-}
 template <int kBlockN, class T, class F>
 __device__ __forceinline__ void for_slot_columns(const T* slot, int col0, F&& f) {
-#if BSK_META_PERMUTED
-  using Pair = decltype(lds_pair(slot));
-  const T* base = slot + meta_column<kBlockN>(col0);
-#pragma unroll
-  for (int q = 0; q < kBlockN / 16; ++q) {
-    const auto x = lds_quad(base + 4 * q);
-    f(2 * q, Pair{x.x, x.y});
-    f(2 * q + 1, Pair{x.z, x.w});
-  }
-#else
 #pragma unroll
   for (int v = 0; v < kBlockN / 8; ++v) f(v, lds_pair(slot + 8 * v + col0));
-#endif
 }
 
 // clip(a - b, 0, 1) in one instruction (NaN -> 0).
