@@ -13,6 +13,8 @@
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cute/tensor.hpp>
 
+#include "bsk/kernels/sm90/phase_clock.h"
+
 namespace bsk::sm90 {
 
 using namespace cute;
@@ -111,7 +113,7 @@ struct AttnTraits {
     float row_tau[kQBufs][kBlockM];
     int32_t union_counts[kQBufs][2];
 #if defined(BSK_ATTN_PROFILE)
-    unsigned prof[3][4][18];  // phase_clock.h: kPhaseSlots per warp
+    unsigned prof[3][kPhaseWarps][kPhaseSlots];  // phase_clock.h (per role, warp, phase)
 #endif
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;  // + alignment slack

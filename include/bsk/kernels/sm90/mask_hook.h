@@ -34,14 +34,14 @@ __device__ __forceinline__ int2 lds_s32x2(const int32_t* p) {
   return v;
 }
 
-// Calls f(v, pair) for v < kBlockN / 8, pair = the slot's values of the thread's columns
-// 8 v + col0 + {0, 1} (an int2 or float2): the mask's and the gate's reads of a slot.
 __device__ __forceinline__ int2 lds_pair(const int32_t* p) {
   return lds_s32x2(p);
 }
 __device__ __forceinline__ float2 lds_pair(const float* p) {
   return lds_f32x2(p);
 }
+// Calls f(v, pair) for v < kBlockN / 8, pair = the slot's values of the thread's columns
+// 8 v + col0 + {0, 1} (an int2 or float2): the mask's and the gate's reads of a slot.
 template <int kBlockN, class T, class F>
 __device__ __forceinline__ void for_slot_columns(const T* slot, int col0, F&& f) {
 #pragma unroll
