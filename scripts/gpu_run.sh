@@ -2,13 +2,15 @@
 # One call on a GPU machine: build everything with all cores, run the GPU tests (GoogleTest +
 # pytest), compute-sanitizer on small cases, and the benchmark; logs and results go to OUTDIR.
 #   scripts/gpu_run.sh OUTDIR [steps]     steps: comma list of build,gtest,pytestk,sanitize,
-#                                         bench,profile,phases,pytest (default: all but phases,
-#                                         in that order).
+#                                         bench,profile,sass,phases,pytest (default: all but
+#                                         sass and phases, in that order).
 #   pytestk: the kernel tests (tests/python/test_kernels_gpu.py) alone; pytest: every pytest
 #   file (after pytestk: the others). profile: Nsight Compute sections (speed of light, warp
 #   stall reasons, scheduler, occupancy, memory, source counters) of the attention and selection
 #   kernels at the seed shape, as text, plus the per-reason stall metrics of the attention
-#   kernels (ncu_stalls.txt). phases: a lean BSK_ATTN_PROFILE build and the per-phase cycle
+#   kernels (ncu_stalls.txt). sass: per-instruction stall sampling of the attention and
+#   selection kernels (sass_<kernel>.csv.gz, Nsight Compute's source page; summary in sass.md,
+#   scripts/sass_profile.py). phases: a lean BSK_ATTN_PROFILE build and the per-phase cycle
 #   counts of the attention kernels (phases.md; scripts/attn_phases.py). BENCH_ARGS passes
 #   flags to the bench. STEP_TIMEOUT (seconds, default 600) bounds each step.
 #   GPU_RUN_PACK=FILE.tgz packs OUTDIR into FILE after every step, so a call that is cut short
@@ -137,6 +139,57 @@ if has profile; then
   else
     status=1; log "BENCH-PROFILE (tier shape) FAILED"; tail -n 20 "$OUT/profile_tier.log"
   fi
+fi
+
+if has sass; then
+  # Per-instruction warp-stall sampling (Nsight Compute's source page, SASS) of the SparseK and
+  # dense attention kernels and the selection kernel at the seed shape: sass_<kernel>.csv.gz,
+  # one row per SASS instruction with its samples by stall reason. (The reports themselves stay
+  # in /tmp: they are large.)
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  # Line info for the summary (scripts/sass_profile.py): the built extension's cubins through
+  # nvdisasm (the build has -lineinfo).
+  lines=""
+  so=$(find "$BUILD" python/blackwell_sparsek -name "_C*.so" 2> /dev/null | head -n 1)
+  xd=/tmp/bsk_sass_elf
+  rm -rf "$xd" && mkdir -p "$xd"
+  cuda_bin=$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")
+  cuobj=$(command -v cuobjdump || echo "$cuda_bin/cuobjdump")
+  nvdis=$(command -v nvdisasm || echo "$cuda_bin/nvdisasm")
+  if [[ -n "$so" ]] && (cd "$xd" && "$cuobj" -xelf all "$so" > /dev/null 2>&1); then
+    for c in "$xd"/*.cubin; do "$nvdis" --print-line-info-inline -c "$c"; done \
+      > "$xd/all.sass" 2> /dev/null
+    [[ -s "$xd/all.sass" ]] && lines="$xd/all.sass"
+  fi
+  {
+    echo "# Per-instruction warp-stall sampling (Nsight Compute source page), seed shape"
+    echo
+    echo "Commit ${BSK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)};" \
+      "$(date -u +%Y-%m-%d); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader |
+      head -n 1)."
+    echo "gpu_run.sh sass step: ncu --section SourceCounters --section WarpStateStats, one launch each"
+    echo "(bench/profile.py --driver --shape seed), summarised by scripts/sass_profile.py."
+    echo
+  } > "$OUT/sass.md"
+  for k in SparseKMode DenseMode select_smem_kernel; do
+    t0=$(date +%s)
+    rep=/tmp/bsk_sass_$k
+    if timeout $T "$NCU" --clock-control none --target-processes all --kernel-name-base demangled \
+        -k "regex:$k" --launch-count 1 --section SourceCounters --section WarpStateStats \
+        --import-source no -f -o "$rep" $PY bench/profile.py --driver --shape seed \
+        > "$OUT/sass_$k.log" 2>&1 &&
+       "$NCU" -i "$rep.ncu-rep" --page source --csv --print-source sass > "$OUT/sass_$k.csv" \
+        2>> "$OUT/sass_$k.log"; then
+      "$NCU" -i "$rep.ncu-rep" --page details --print-details all >> "$OUT/sass_$k.log" 2>&1
+      gzip -f "$OUT/sass_$k.csv"
+      log "sass $k ok ($(( $(date +%s) - t0 )) s)"
+      if [[ $k == select_smem_kernel ]]; then f=(--file sparsek_select_sm90.cu --depth 2); else f=(); fi
+      $PY scripts/sass_profile.py "$OUT/sass_$k.csv.gz" ${lines:+--sass "$lines"} "${f[@]}" \
+        >> "$OUT/sass.md" 2>> "$OUT/sass_$k.log" || log "SASS SUMMARY $k FAILED"
+    else
+      status=1; log "SASS $k FAILED ($(( $(date +%s) - t0 )) s)"; tail -n 20 "$OUT/sass_$k.log"
+    fi
+  done
 fi
 
 if has phases; then
