@@ -150,7 +150,7 @@ if has sass; then
   # Line info for the summary (scripts/sass_profile.py): the built extension's cubins through
   # nvdisasm (the build has -lineinfo).
   lines=""
-  so=$(find "$BUILD" python/blackwell_sparsek -name "_C*.so" 2> /dev/null | head -n 1)
+  so=$(find "$PWD/$BUILD" "$PWD/python/blackwell_sparsek" -name "_C*.so" 2> /dev/null | head -n 1)
   xd=/tmp/bsk_sass_elf
   rm -rf "$xd" && mkdir -p "$xd"
   cuda_bin=$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")

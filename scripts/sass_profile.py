@@ -45,14 +45,19 @@ def load_csv(path):
     for d in rows:
         d["off"] = int(d["Address"], 16) - base
         d["op"] = opcode(d["Source"])
+        d["mnemonic"] = mnemonic(d["Source"])
     stalls = [h for h in hdr if h.startswith("stall_") and "Not Issued" not in h]
     return kernel, rows, stalls
 
 
+def mnemonic(text):
+    """The instruction with its modifiers (F2FP.F16.F32.PACK_AB), without a predicate guard."""
+    t = re.sub(r"^@!?U?P[T0-9]+\s+", "", text.strip())
+    return t.split(" ")[0] if t else ""
+
+
 def opcode(text):
-    t = text.strip()
-    t = re.sub(r"^@!?U?P[T0-9]+\s+", "", t)  # predicate guard
-    return t.split(" ")[0].split(".")[0] if t else ""
+    return mnemonic(text).split(".")[0]
 
 
 def load_sass(path):
@@ -80,14 +85,15 @@ def load_sass(path):
                     if f:
                         chain.append(f"{f.group(1).split('/')[-1]}:{f.group(2)}")
                 pending = []
-            cur.append((int(m.group(1), 16), opcode(m.group(2)), chain))
+            cur.append((int(m.group(1), 16), mnemonic(m.group(2)), chain))
     if name:
         funcs[name] = cur
     return funcs
 
 
 def match_function(funcs, rows):
-    ops = [d["op"] for d in rows]
+    # Whole mnemonics: the fp16 and bf16 instantiations differ only in modifiers.
+    ops = [d["mnemonic"] for d in rows]
     best = None
     for name, body in funcs.items():
         if len(body) != len(ops):
