@@ -25,6 +25,7 @@ T=${STEP_TIMEOUT:-600}
 mkdir -p "$OUT"
 BUILD=${BUILD_DIR:-build-gpu}
 PY=${PYTHON:-python3}
+NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)  # the profile and sass steps
 JOBS=$(nproc)
 export PYTHONPATH="$PWD/python:$PWD/bench:${PYTHONPATH:-}"
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -107,7 +108,6 @@ if has bench; then
 fi
 if has profile; then
   t0=$(date +%s)
-  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   if timeout $T "$NCU" --clock-control none --target-processes all --kernel-name-base demangled \
       -k "regex:attention_fwd_sm90|select_smem_kernel" --launch-count 4 \
       --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
@@ -146,7 +146,6 @@ if has sass; then
   # dense attention kernels and the selection kernel at the seed shape: sass_<kernel>.csv.gz,
   # one row per SASS instruction with its samples by stall reason. (The reports themselves stay
   # in /tmp: they are large.)
-  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   # Line info for the summary (scripts/sass_profile.py): the built extension's cubins through
   # nvdisasm (the build has -lineinfo).
   lines=""

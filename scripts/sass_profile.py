@@ -44,8 +44,8 @@ def load_csv(path):
     base = int(rows[0]["Address"], 16)
     for d in rows:
         d["off"] = int(d["Address"], 16) - base
-        d["op"] = opcode(d["Source"])
         d["mnemonic"] = mnemonic(d["Source"])
+        d["op"] = d["mnemonic"].split(".")[0]  # FFMA.FTZ -> FFMA
     stalls = [h for h in hdr if h.startswith("stall_") and "Not Issued" not in h]
     return kernel, rows, stalls
 
@@ -56,12 +56,8 @@ def mnemonic(text):
     return t.split(" ")[0] if t else ""
 
 
-def opcode(text):
-    return mnemonic(text).split(".")[0]
-
-
 def load_sass(path):
-    """Functions of an nvdisasm listing: name -> list of (offset, opcode, [frames])."""
+    """Functions of an nvdisasm listing: name -> list of (offset, mnemonic, [frames])."""
     funcs, name, cur, pending, chain = {}, None, [], [], []
     sec = re.compile(r"^//-+ \.text\.(\S+)\s+-+")
     ins = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;?\s*$")
@@ -78,12 +74,9 @@ def load_sass(path):
             continue
         m = ins.match(line)
         if m and name:
-            if pending:
-                chain, pending = [], pending
-                for p in pending:
-                    f = re.search(r'File "([^"]+)", line (\d+)', p)
-                    if f:
-                        chain.append(f"{f.group(1).split('/')[-1]}:{f.group(2)}")
+            if pending:  # a new chain; an instruction without one keeps the previous
+                chain = [f"{f.group(1).split('/')[-1]}:{f.group(2)}" for f in
+                         (re.search(r'File "([^"]+)", line (\d+)', p) for p in pending) if f]
                 pending = []
             cur.append((int(m.group(1), 16), mnemonic(m.group(2)), chain))
     if name:
