@@ -664,7 +664,13 @@ BSK_SEL_HD void tick(const K& keys, Lane& ln, int64_t k, const Fixed& fx, Emit&&
       st.p3 = st.p2;
       ln.m3 = ln.m2;
     }
+#if defined(BSK_SELECT_FUSED_TICK)
+    // Candidate: a move that leaves the partition consistent goes on to step 2 in the same tick
+    // (the same sequence of states as two ticks).
+    if (pending_move(keys, ln, one) != 0) return;
+#else
     return;
+#endif
   }
   // --- 2. Consistent partition.
   if (st.ne > 0) st.teq = st.p2.v;  // the first key from p2 on is one of them
