@@ -263,6 +263,32 @@ __device__ void suffix_columns(CntT* cnt, int64_t* sum, int ncols, int nrows, in
   for (int w = tid; w < ncols; w += nthreads) {
     int c = 0;
     int64_t s = 0;
+#if defined(BSK_SELECT_TABLE_STAGED)
+    // Candidate: kStage rows loaded before any of them is stored. The compiler cannot move a load
+    // above a store to an array that may alias it, so the plain loop below is one round trip to
+    // the table (L2 on the workspace paths) per chunk row.
+    constexpr int kStage = BSK_SELECT_TABLE_STAGED;
+    for (int r1 = nrows; r1 > 0; r1 -= kStage) {
+      int cv[kStage];
+      int64_t sv[kStage];
+#pragma unroll
+      for (int i = 0; i < kStage; ++i) {
+        const int r = r1 - 1 - i;
+        cv[i] = r >= 0 ? static_cast<int>(cnt[r * ncols + w]) : 0;
+        sv[i] = r >= 0 ? sum[r * ncols + w] : 0;
+      }
+#pragma unroll
+      for (int i = 0; i < kStage; ++i) {
+        const int r = r1 - 1 - i;
+        c += cv[i];
+        s += sv[i];
+        if (r >= 0) {
+          cnt[r * ncols + w] = static_cast<CntT>(c);
+          sum[r * ncols + w] = s;
+        }
+      }
+    }
+#else
 #pragma unroll 8
     for (int r = nrows - 1; r >= 0; --r) {
       const int e = r * ncols + w;
@@ -271,6 +297,7 @@ __device__ void suffix_columns(CntT* cnt, int64_t* sum, int ncols, int nrows, in
       cnt[e] = static_cast<CntT>(c);
       sum[e] = s;
     }
+#endif
   }
 }
 
@@ -281,7 +308,47 @@ __device__ __noinline__ void scan_lines(CntT* cnt, int64_t* sum, int nlines, int
                                         int estride, int warp, int nwarps, int lane) {
   const int per = (len + 31) >> 5;
   const int q0 = min(lane * per, len), q1 = min(q0 + per, len);
-  for (int l = warp; l < nlines; l += nwarps) {
+  int l = warp;
+#if defined(BSK_SELECT_TABLE_STAGED)
+  // Candidate: lines of at most 32 entries (one per lane) kLines at a time, their loads issued
+  // before any store (see suffix_columns).
+  if (len <= 32) {
+    constexpr int kLines = 4;
+    for (; l < nlines; l += kLines * nwarps) {
+      int cv[kLines];
+      int64_t sv[kLines];
+#pragma unroll
+      for (int i = 0; i < kLines; ++i) {
+        const int li = l + i * nwarps;
+        const bool ok = li < nlines && lane < len;
+        cv[i] = ok ? static_cast<int>(cnt[li * lstride + lane * estride]) : 0;
+        sv[i] = ok ? sum[li * lstride + lane * estride] : 0;
+      }
+#pragma unroll
+      for (int i = 0; i < kLines; ++i) {
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const int tc = __shfl_up_sync(0xffffffffu, cv[i], off);
+          const int64_t ts = __shfl_up_sync(0xffffffffu, sv[i], off);
+          if (lane >= off) {
+            cv[i] += tc;
+            sv[i] += ts;
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kLines; ++i) {
+        const int li = l + i * nwarps;
+        if (li < nlines && lane < len) {
+          cnt[li * lstride + lane * estride] = static_cast<CntT>(cv[i]);
+          sum[li * lstride + lane * estride] = sv[i];
+        }
+      }
+    }
+    return;
+  }
+#endif
+  for (; l < nlines; l += nwarps) {
     auto at = [&](int q) { return l * lstride + q * estride; };
     int ac = 0;
     int64_t as = 0;
