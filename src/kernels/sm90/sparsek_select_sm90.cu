@@ -558,6 +558,72 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
     };
     int64_t jstart = 0;
     if constexpr (kBatch == 1) {
+#if defined(BSK_SELECT_UNION_BY_RANK)
+      // Candidate: a warp's first tile takes its old keys (j < la: exactly the keys its first
+      // row selects, the alive keys at ranks <= theta(la)) from the ranks instead of scanning
+      // every key below la, when theta's rank is below la: at the seed shape ~300 ranks instead
+      // of up to ~3700 keys. They are marked in a bitmap over j (in the warp's union buffer,
+      // above the <= k entries the old keys take) and emitted from it in index order.
+      if (t == t0 && buf != nullptr && k > 0 && sc::row_kind(plan, la) == 2) {
+        const int ti = __ldcg(a.theta_idx + static_cast<int64_t>(bh) * a.sq +
+                              static_cast<int64_t>(t) * a.tile_q);
+        const int nw = static_cast<int>((la + 31) >> 5);
+        const int th = ti >= 0 ? keys.pos(ti) : n;
+        if (th + 1 < la && nw <= cap - k) {
+          uint32_t* bm = reinterpret_cast<uint32_t*>(buf + (cap - nw));
+          for (int w = lane; w < nw; w += 32) bm[w] = 0u;
+          __syncwarp();
+          for (int r0 = 0; r0 <= th; r0 += 32) {
+            const int r = r0 + lane;
+            if (r <= th) {
+              const int j = keys.idx(r);
+              if (j < la && sc::in_union(static_cast<int64_t>(d[j]), j, la, lb))
+                atomicOr(bm + (j >> 5), 1u << (j & 31));
+            }
+          }
+          __syncwarp();
+          for (int w0 = 0; w0 < nw; w0 += 32) {
+            const int w = w0 + lane;
+            uint32_t bits = w < nw ? bm[w] : 0u;
+            const int c = __popc(bits);
+            int incl = c;
+#pragma unroll
+            for (int off = 1; off < 32; off <<= 1) {
+              const int tc = __shfl_up_sync(0xffffffffu, incl, off);
+              if (lane >= off) incl += tc;
+            }
+            const int total = __shfl_sync(0xffffffffu, incl, 31);
+            int at = newcnt + incl - c;
+            while (bits != 0u) {
+              const int j = (w << 5) + __ffs(static_cast<int>(bits)) - 1;
+              bits &= bits - 1u;
+              if (at < cap) {
+                const int64_t dj = static_cast<int64_t>(d[j]);
+                out[at] = j;
+                buf[at] = j;
+                if (want_rows) {
+                  float uj;
+                  if constexpr (sizeof(IdxT) == 2)
+                    uj =
+                        j < plan.fnf ? keys.fval(keys.pos(j)) : ub[static_cast<int64_t>(j) * a.s_s];
+                  else
+                    uj = ub[static_cast<int64_t>(j) * a.s_s];
+                  const int64_t nr = dj - row_off + 1;
+                  a.union_rows[tile_at + at] =
+                      static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));
+                  a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
+                }
+              }
+              ++at;
+            }
+            newcnt += total;
+            oldcnt += total;
+          }
+          __syncwarp();  // the bitmap is read; the new keys may be stored over it
+          jstart = la;
+        }
+      }
+#endif
       if (t > t0) {
         const int32_t* prev = buf ? buf : out - cap;
         for (int base = 0; base < cnt; base += 32) {
