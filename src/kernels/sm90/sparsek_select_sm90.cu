@@ -40,7 +40,8 @@
 // scan more ranks; at 1 CTA per SM nothing hides the sort/table/union latency. Every phase of
 // this design is latency-bound (a tick ~2.7K cycles): the 300 us target needs a different
 // algorithm, not tuning (see the notes). Since then (H200, 128 chunks at 4096 keys, the table in
-// the workspace): 1.83 ms, and 1.64 ms with a move and its row step fused into one tick.
+// the workspace): 1.83 ms; 1.64 ms with a move and its row step fused into one tick, 1.55 ms with
+// the table's suffix loads staged, 1.50 ms with the first union tiles taken from the ranks.
 //
 // Non-finite scores: a row whose candidates include a NaN/+-inf score gets tau = NaN,
 // theta = (NaN, -1), n_active = 0 (when n_p > k; rows with n_p <= k never look at scores) and
@@ -533,37 +534,40 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
     // changes ptxas' allocation for the whole kernel, and that build has not been measured).
     const int64_t row_off = plan.lbase + static_cast<int64_t>(t) * a.tile_q;
     int newcnt = 0, oldcnt = 0;  // oldcnt: emitted keys j < la (candidates of the first row)
+    // Union entry `at` (< cap) of the tile: key j, and its n_j and u_j.
+    auto store_key = [&](int at, int j, int64_t dj) {
+      out[at] = j;
+      if (buf) buf[at] = j;
+      if (want_rows) {
+        // Shared-memory path: the sorted keys' exact value (no global load) for keys below the
+        // first non-finite score; the scores themselves otherwise.
+        float uj;
+        if constexpr (sizeof(IdxT) == 2)
+          uj = j < plan.fnf ? keys.fval(keys.pos(j)) : ub[static_cast<int64_t>(j) * a.s_s];
+        else
+          uj = ub[static_cast<int64_t>(j) * a.s_s];
+        const int64_t nr = dj - row_off + 1;
+        a.union_rows[tile_at + at] =
+            static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));
+        a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
+      }
+    };
     auto emit = [&](bool pred, int j, int64_t dj) {
       const unsigned m = __ballot_sync(0xffffffffu, pred);
       oldcnt += __popc(__ballot_sync(0xffffffffu, pred && j < la));
       const int at = newcnt + __popc(m & ((1u << lane) - 1u));
-      if (pred && at < cap) {
-        out[at] = j;
-        if (buf) buf[at] = j;
-        if (want_rows) {
-          // Shared-memory path: the sorted keys' exact value (no global load) for keys below
-          // the first non-finite score; the scores themselves otherwise.
-          float uj;
-          if constexpr (sizeof(IdxT) == 2)
-            uj = j < plan.fnf ? keys.fval(keys.pos(j)) : ub[static_cast<int64_t>(j) * a.s_s];
-          else
-            uj = ub[static_cast<int64_t>(j) * a.s_s];
-          const int64_t nr = dj - row_off + 1;
-          a.union_rows[tile_at + at] =
-              static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));
-          a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
-        }
-      }
+      if (pred && at < cap) store_key(at, j, dj);
       newcnt += __popc(m);
     };
     int64_t jstart = 0;
     if constexpr (kBatch == 1) {
-#if defined(BSK_SELECT_UNION_BY_RANK)
-      // Candidate: a warp's first tile takes its old keys (j < la: exactly the keys its first
-      // row selects, the alive keys at ranks <= theta(la)) from the ranks instead of scanning
-      // every key below la, when theta's rank is below la: at the seed shape ~300 ranks instead
-      // of up to ~3700 keys. They are marked in a bitmap over j (in the warp's union buffer,
-      // above the <= k entries the old keys take) and emitted from it in index order.
+      // A warp's first tile takes its old keys (j < la: exactly the keys its first row selects,
+      // the alive keys at ranks <= theta(la)) from the ranks instead of scanning every key below
+      // la, when theta's rank is below la: at the seed shape ~300 ranks instead of up to ~3700
+      // keys. They are marked in a bitmap over j (in the warp's union buffer, above the <= k
+      // entries the old keys take) and emitted from it in index order. H200, seed shape: the
+      // union phase 91 K -> 58 K cycles per CTA (its last warp's first tile was the longest
+      // scan), the select kernel -3.5%.
       if (t == t0 && buf != nullptr && k > 0 && sc::row_kind(plan, la) == 2) {
         const int ti = __ldcg(a.theta_idx + static_cast<int64_t>(bh) * a.sq +
                               static_cast<int64_t>(t) * a.tile_q);
@@ -597,23 +601,7 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
             while (bits != 0u) {
               const int j = (w << 5) + __ffs(static_cast<int>(bits)) - 1;
               bits &= bits - 1u;
-              if (at < cap) {
-                const int64_t dj = static_cast<int64_t>(d[j]);
-                out[at] = j;
-                buf[at] = j;
-                if (want_rows) {
-                  float uj;
-                  if constexpr (sizeof(IdxT) == 2)
-                    uj =
-                        j < plan.fnf ? keys.fval(keys.pos(j)) : ub[static_cast<int64_t>(j) * a.s_s];
-                  else
-                    uj = ub[static_cast<int64_t>(j) * a.s_s];
-                  const int64_t nr = dj - row_off + 1;
-                  a.union_rows[tile_at + at] =
-                      static_cast<int32_t>(nr < 0 ? 0 : (nr > kRowsPerTile ? kRowsPerTile : nr));
-                  a.union_u[tile_at + at] = isfinite(uj) ? uj : 0.f;
-                }
-              }
+              if (at < cap) store_key(at, j, static_cast<int64_t>(d[j]));
               ++at;
             }
             newcnt += total;
@@ -623,7 +611,6 @@ __device__ void select_head(const KArgs& a, int bh, const DevKeys<IdxT, kCall>& 
           jstart = la;
         }
       }
-#endif
       if (t > t0) {
         const int32_t* prev = buf ? buf : out - cap;
         for (int base = 0; base < cnt; base += 32) {
