@@ -13,6 +13,9 @@
 #   scripts/sass_profile.py). phases: a lean BSK_ATTN_PROFILE build and the per-phase cycle
 #   counts of the attention kernels (phases.md; scripts/attn_phases.py). BENCH_ARGS passes
 #   flags to the bench. STEP_TIMEOUT (seconds, default 600) bounds each step.
+#   BSK_COMMIT labels the results with the commit the tree holds: pass it in from the checkout
+#   (a copy of the tree on another machine may carry an older HEAD; unset, the bench labels a
+#   tree that differs from its HEAD as having uncommitted changes).
 #   GPU_RUN_PACK=FILE.tgz packs OUTDIR into FILE after every step, so a call that is cut short
 #   still hands back everything that ran.
 # Headers that the machine may lack are taken from .deps/ when present (.deps/cutlass holds
