@@ -237,10 +237,30 @@ EmuOut select_emulate(const std::vector<float>& u, int64_t sq, int64_t k, int64_
   }
   const int64_t ntiles = (sq + tile_q - 1) / tile_q;
   o.unions.resize(ntiles);
+  int rank_path_bad = 0;
   for (int64_t t = 0; t < ntiles; ++t) {
     const int64_t la = p.row_L(t * tile_q), lb = p.row_L(std::min(sq, (t + 1) * tile_q) - 1);
     for (int j = 0; j < n; ++j)
       if (sc::in_union(o.d[j], j, la, lb)) o.unions[t].push_back(j);
+    // The kernel takes a warp's first tile's old keys (j < la) from the ranks up to theta of the
+    // tile's first row when that row is computed (sparsek_select_sm90.cu, the unions): the same
+    // keys as the scan over j, at most k of them. Checked here for every tile.
+    const int64_t i0 = t * tile_q;
+    if (k > 0 && sc::row_kind(p, la) == 2 && o.theta_idx[i0] >= 0) {
+      const int th = keys.pos(o.theta_idx[i0]);
+      std::vector<int> got;
+      for (int r = 0; r <= th; ++r) {
+        const int j = keys.idx(r);
+        if (j < la && sc::in_union(o.d[j], j, la, lb)) got.push_back(j);
+      }
+      const bool within_k = static_cast<int64_t>(got.size()) <= k;
+      std::sort(got.begin(), got.end());
+      for (int64_t j = la; j < lb; ++j)
+        if (sc::in_union(o.d[j], j, la, lb)) got.push_back(static_cast<int>(j));
+      if ((got != o.unions[t] || !within_k) && rank_path_bad++ < 3)
+        ADD_FAILURE() << "tile " << t << ": union from theta's ranks (" << got.size()
+                      << " keys) differs from the scan (" << o.unions[t].size() << ")";
+    }
   }
   return o;
 }
