@@ -100,7 +100,15 @@ __device__ long long g_sel_prof[4096 * kProfSlots];
   do {                           \
   } while (0)
 #endif
-constexpr int kMaxSmemN = 16384;          // the largest Sk sorted in shared memory
+constexpr int kMaxSmemN = 16384;  // the largest Sk sorted in shared memory
+// Radix bits per pass of the shared-memory path's block sort (cub's default 4: 8 passes over the
+// 32-bit keys). BSK_SELECT_SORT_BITS=5 (candidate): 7 passes, temporary storage 17.5 instead of
+// 16.9 KB at 256 x 16 items, still below the indices; 6 bits would need 33.9 KB.
+#if defined(BSK_SELECT_SORT_BITS)
+constexpr int kSortBits = BSK_SELECT_SORT_BITS;
+#else
+constexpr int kSortBits = 4;
+#endif
 constexpr std::size_t kAlign = 256;       // workspace sub-buffer alignment
 constexpr int kSmemPerSm = 233472;        // H100 shared memory per SM (228 KB)
 constexpr int kSmemPerBlockMax = 232448;  // opt-in maximum per block (227 KB)
@@ -703,7 +711,7 @@ constexpr std::size_t smem_static_bytes(int c) {
 
 template <int kThreads, int kItems, int kMinBlocks, bool kGTable>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const KArgs a) {
-  using Sort = cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t>;
+  using Sort = cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t, kSortBits>;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int s_fnf;
   __shared__ unsigned s_maxabs;
@@ -1000,7 +1008,8 @@ bool plan_smem(const SelectParams& p, SmemPlan& sp) {
 
 template <int kThreads, int kItems>
 std::size_t sort_bytes_of() {
-  return sizeof(typename cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t>::TempStorage);
+  return sizeof(
+      typename cub::BlockRadixSort<uint32_t, kThreads, kItems, uint16_t, kSortBits>::TempStorage);
 }
 std::size_t sort_temp_bytes(int threads, int items) {
   if (threads == 128 && items == 4) return sort_bytes_of<128, 4>();

@@ -488,6 +488,23 @@ BSK_SEL_HD void table_q(const K& keys, const TableRow<CntT>& t, int L, int r, in
   const int base = w << t.wdlog;
   int c;
   int64_t s;
+#if defined(BSK_SELECT_TQ_PREFETCH)
+  // Candidate: the table entry (in the workspace, an L2 round trip) read before the scan of the
+  // keys, so that its latency overlaps the scan instead of following it.
+  const bool down = 2 * (r - base) > wsize && w + 1 < t.nw;
+  const int we = down ? w : w - 1;
+  const int tc = we >= 0 ? static_cast<int>(t.cnt[we]) : 0;
+  const int64_t ts = we >= 0 ? t.sum[we] : 0;
+  if (down) {
+    range_stats(keys, L, r, base + wsize, c, s);
+    c_out = tc - c;
+    s_out = ts - s;
+  } else {
+    range_stats(keys, L, base, r < n ? r : n, c, s);
+    c_out = tc + c;
+    s_out = ts + s;
+  }
+#else
   if (2 * (r - base) > wsize && w + 1 < t.nw) {
     // Closer to the next word boundary: subtract the keys in [r, base + wsize).
     range_stats(keys, L, r, base + wsize, c, s);
@@ -498,6 +515,7 @@ BSK_SEL_HD void table_q(const K& keys, const TableRow<CntT>& t, int L, int r, in
     c_out = (w > 0 ? static_cast<int>(t.cnt[w - 1]) : 0) + c;
     s_out = (w > 0 ? t.sum[w - 1] : 0) + s;
   }
+#endif
 }
 
 // Rank of the k-th alive key (k >= 1, at least k alive keys).
