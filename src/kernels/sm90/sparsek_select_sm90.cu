@@ -20,7 +20,8 @@
 //      last L at which each key is selected (D_j); after a block barrier the chunk starts are
 //      patched up (theta's rank at the end of chunk g - 1 passes through shared memory);
 //   5. all warps: the per-tile unions, each warp a run of consecutive tiles, each tile a
-//      filtered copy of the previous tile's union plus the keys that arrived in between.
+//      filtered copy of the previous tile's union plus the keys that arrived in between (a
+//      warp's first tile: its first row's selection, from the ranks up to its theta).
 // The keys are in shared memory up to kMaxSmemN keys (u16 indices). Longer sequences sort with
 // cub::DeviceSegmentedRadixSort in the workspace and run the same steps on global memory, a
 // batch of heads at a time, with kGlobalLanes chunks per head (every warp sweeps); there the
