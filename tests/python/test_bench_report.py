@@ -763,9 +763,13 @@ def test_run_bench_without_gpu_exits_nonzero():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "python"), BENCH]))
     p = subprocess.run([sys.executable, os.path.join(BENCH, "run_bench.py")],
                        capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 2
-    assert "no CUDA GPU" in p.stdout
-    assert "CPU smoke check passed" in p.stdout
+    # On failure the whole output, not pytest's shortened repr: the smoke check names each check
+    # that failed on a "FAILED:" line of its own.
+    out = f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    assert p.returncode == 2, out
+    assert "no CUDA GPU" in p.stdout, out
+    assert "FAILED:" not in p.stdout, out
+    assert "CPU smoke check passed" in p.stdout, out
 
 
 def test_dry_run_checks_correctness(tmp_path):
