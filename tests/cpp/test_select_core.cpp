@@ -471,6 +471,39 @@ TEST(SelectCoreHelpers, SortKeyOrderAndRoundTrip) {
   EXPECT_EQ(sc::float_bits(sc::key_value(sc::sort_key(-0.0f))), 0u);
 }
 
+TEST(SelectCoreHelpers, PrmtSignReplicationAndByteSelect) {
+  // The two prmt uses of below_mask_u16: sign-replicated bytes 1, 3, 5, 7, and plain bytes.
+  // Bytes 1, 3 of a and 5, 7 (1, 3 of b): 0x7f, 0x80, 0x80, 0x00 -> signs 0, ff, ff, 0.
+  EXPECT_EQ(sc::prmt(0x80007fffu, 0x00ff8000u, 0xfdb9u), 0x00ffff00u);
+  EXPECT_EQ(sc::prmt(0x11223344u, 0x55667788u, 0x73u), 0x44445511u);
+  EXPECT_EQ(sc::prmt(0x11223344u, 0x55667788u, 0x5410u), 0x77883344u);
+  EXPECT_EQ(sc::vsub2(0x00010000u, 0x00010001u), 0x0000ffffu);  // no borrow into the high half
+}
+
+TEST(SelectCoreHelpers, BelowMaskU16MatchesCompares) {
+  std::mt19937 rng(std::random_device{}());
+  const uint32_t kMax = 1u << 15;
+  for (int it = 0; it < 20000; ++it) {
+    uint16_t h[32];
+    uint32_t L;
+    const int mode = it % 4;
+    L = mode == 0 ? 0u : (mode == 1 ? kMax : rng() % (kMax + 1));
+    for (int i = 0; i < 32; ++i) {
+      // Around L (the boundary), anywhere, or the extremes.
+      const uint32_t r = rng();
+      uint32_t x = (r & 3) == 0 ? (r >> 2) % kMax : (L + (r >> 2) % 5 + kMax - 2) % kMax;
+      if ((r & 63) == 1) x = 0;
+      if ((r & 63) == 2) x = kMax - 1;
+      h[i] = static_cast<uint16_t>(x);
+    }
+    uint32_t w[16];
+    uint32_t want = 0;
+    for (int i = 0; i < 16; ++i) w[i] = h[2 * i] | (static_cast<uint32_t>(h[2 * i + 1]) << 16);
+    for (int b = 0; b < 32; ++b) want |= (h[b] < L ? 1u : 0u) << b;
+    ASSERT_EQ(sc::below_mask_u16(w, L), want) << "L " << L << " iteration " << it;
+  }
+}
+
 TEST(SelectCoreHelpers, FixedPointIsExactAndMonotone) {
   std::mt19937_64 rng(7);
   std::normal_distribution<float> nd(0.f, 3.f);

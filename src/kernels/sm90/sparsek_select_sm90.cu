@@ -102,6 +102,7 @@ __device__ long long g_sel_prof[4096 * kProfSlots];
   } while (0)
 #endif
 constexpr int kMaxSmemN = 16384;  // the largest Sk sorted in shared memory
+static_assert(kMaxSmemN < 0x7fff, "u16 indices: the alive masks take signs of index - L");
 // Radix bits per pass of the shared-memory path's block sort (cub's default 4: 8 passes over the
 // 32-bit keys). BSK_SELECT_SORT_BITS=5 (candidate): 7 passes, temporary storage 17.5 instead of
 // 16.9 KB at 256 x 16 items, still below the indices; 6 bits would need 33.9 KB.
@@ -205,6 +206,21 @@ struct DevKeys {
     uint32_t m = 0;
     if constexpr (sizeof(IdxT) == 2) {
       const uint4* q = reinterpret_cast<const uint4*>(ix + (w << 5));
+#if defined(BSK_SELECT_PRMT_MASK)
+      // Candidate: the signs gathered a byte at a time (sc::below_mask_u16, CPU-tested).
+      uint32_t h[16];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint4 x = q[i];
+        h[4 * i] = x.x;
+        h[4 * i + 1] = x.y;
+        h[4 * i + 2] = x.z;
+        h[4 * i + 3] = x.w;
+      }
+      // The padding ranks [n, 32 ceil(n / 32)) hold index 0x7fff > L (written after the sort):
+      // never alive, so no mask for the last word.
+      return sc::below_mask_u16(h, static_cast<uint32_t>(L));
+#else
       const uint32_t ll = static_cast<uint32_t>(L) * 0x10001u;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -216,6 +232,7 @@ struct DevKeys {
                               ((d >> 9) & 64u) | ((d >> 24) & 128u);
         m |= bits << (8 * i);
       }
+#endif
     } else {
       const int base = w << 5;
       if (vec && base + 32 <= n) {
@@ -777,6 +794,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const
       ps[jj[i]] = static_cast<uint16_t>(r);
     }
   }
+#if defined(BSK_SELECT_PRMT_MASK)
+  // Padding ranks up to the last whole alive-mask word: an index no L reaches (L <= n <= 2^14).
+  for (int r = n + tid; r < ((n + 31) & ~31); r += kThreads) ix[r] = 0x7fff;
+#endif
   __syncthreads();
 
   // range_stats out of line where three or more CTAs share an SM (sc::stats_call).

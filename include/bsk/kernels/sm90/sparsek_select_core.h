@@ -320,6 +320,77 @@ BSK_SEL_HD int nth_bit(uint32_t m, int q) {
 #endif
 }
 
+// prmt.b32 in its default mode: byte t of the result is source byte sel[t] & 7 of {b:a}, or,
+// when sel[t] & 8, that byte's sign bit replicated over the byte.
+BSK_SEL_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+#else
+  const uint64_t src = (static_cast<uint64_t>(b) << 32) | a;
+  uint32_t r = 0;
+  for (int t = 0; t < 4; ++t) {
+    const uint32_t s = (sel >> (4 * t)) & 15u;
+    uint32_t byte = static_cast<uint32_t>(src >> (8 * (s & 7u))) & 0xffu;
+    if (s & 8u) byte = (byte & 0x80u) ? 0xffu : 0u;
+    r |= byte << (8 * t);
+  }
+  return r;
+#endif
+}
+// Per-halfword subtraction (no borrow across the halves).
+BSK_SEL_HD uint32_t vsub2(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __vsub2(a, b);
+#else
+  const uint32_t lo = (a - b) & 0xffffu, hi = ((a >> 16) - (b >> 16)) & 0xffffu;
+  return lo | (hi << 16);
+#endif
+}
+// Bit b of the result: halfword b of w[0..15] (w[i] holds halfwords 2i, 2i+1) is below L, for
+// halfwords and L <= 2^15: the sign of each halfword of w - L. The signs are gathered a byte at a
+// time: prmt replicates the sign of bytes 1 and 3 of two words into four bytes, those are masked
+// to distinct bits, and a multiply by 0x01010101 sums a product's four bytes into its top byte.
+// ~43 instructions for 32 keys against ~79 for shifting each sign into place.
+BSK_SEL_HD uint32_t below_mask_u16(const uint32_t (&w)[16], uint32_t L) {
+  const uint32_t ll = L * 0x10001u;
+  uint32_t top[4];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int g = 0; g < 4; ++g) {
+    const uint32_t lo = prmt(vsub2(w[4 * g], ll), vsub2(w[4 * g + 1], ll), 0xfdb9u);
+    const uint32_t hi = prmt(vsub2(w[4 * g + 2], ll), vsub2(w[4 * g + 3], ll), 0xfdb9u);
+    top[g] = (lo & 0x08040201u) * 0x01010101u + (hi & 0x80402010u) * 0x01010101u;
+  }
+  return prmt(prmt(top[0], top[1], 0x73u), prmt(top[2], top[3], 0x73u), 0x5410u);
+}
+
+// t ? a : b as a select the compiler cannot turn back into branches (the front end makes a
+// switch of the cursor choice in tick, whose paths a divergent warp issues one after another).
+BSK_SEL_HD uint32_t select_u32(bool t, uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("{\n .reg .pred p;\n setp.ne.u32 p, %1, 0;\n selp.b32 %0, %2, %3, p;\n}\n"
+      : "=r"(r)
+      : "r"(static_cast<uint32_t>(t)), "r"(a), "r"(b));
+  return r;
+#else
+  return t ? a : b;
+#endif
+}
+BSK_SEL_HD int select_i32(bool t, int a, int b) {
+  return static_cast<int>(select_u32(t, static_cast<uint32_t>(a), static_cast<uint32_t>(b)));
+}
+BSK_SEL_HD int64_t select_i64(bool t, int64_t a, int64_t b) {
+  const uint64_t ua = static_cast<uint64_t>(a), ub = static_cast<uint64_t>(b);
+  const uint64_t lo = select_u32(t, static_cast<uint32_t>(ua), static_cast<uint32_t>(ub));
+  const uint64_t hi =
+      select_u32(t, static_cast<uint32_t>(ua >> 32), static_cast<uint32_t>(ub >> 32));
+  return static_cast<int64_t>(lo | (hi << 32));
+}
+
 // First rank r in [lo, hi) with v(r) < y (hi if none).
 template <class K>
 BSK_SEL_HD int first_lt(const K& keys, int64_t y, int lo, int hi) {
@@ -637,7 +708,16 @@ BSK_SEL_HD void tick(const K& keys, Lane& ln, int64_t k, const Fixed& fx, Emit&&
   const int kind = pending_move(keys, ln, one);
   if (kind != 0) {
     const bool on1 = kind == 2 || kind == 5, on2 = kind == 3 || kind == 6;
+#if defined(BSK_SELECT_CURSOR_SEL)
+    // Candidate: the cursor taken out of and put back into its slot by selects.
+    const bool on0 = kind == 1, on3 = !(on0 || on1 || on2);
+    Cursor c;
+    c.p = select_i32(on0, st.th.p, select_i32(on1, st.p1.p, select_i32(on2, st.p2.p, st.p3.p)));
+    c.m = select_u32(on0, st.th.m, select_u32(on1, st.p1.m, select_u32(on2, st.p2.m, st.p3.m)));
+    c.v = select_i64(on0, st.th.v, select_i64(on1, st.p1.v, select_i64(on2, st.p2.v, st.p3.v)));
+#else
     Cursor c = kind == 1 ? st.th : (on1 ? st.p1 : (on2 ? st.p2 : st.p3));
+#endif
     // Boundary moves (5-7) take the whole run of keys equal to c.v at once: they classify alike,
     // their sum is count * value, and tie-heavy inputs then cost one tick per distinct value.
     int next = c.p + 1, cnt = 1;
@@ -661,6 +741,22 @@ BSK_SEL_HD void tick(const K& keys, Lane& ln, int64_t k, const Fixed& fx, Emit&&
       st.ne += cnt;
     }
     seek(keys, c, next, st.L);
+#if defined(BSK_SELECT_CURSOR_SEL)
+    auto put = [&](Cursor& dst, bool t) {
+      dst.p = select_i32(t, c.p, dst.p);
+      dst.m = select_u32(t, c.m, dst.m);
+      dst.v = select_i64(t, c.v, dst.v);
+    };
+    put(st.th, on0);
+    put(st.p1, on1);
+    put(st.p2, on2);
+    put(st.p3, on3);
+    ln.mth = ln.mth && !on0;
+    ln.m1 = ln.m1 && !on1;
+    ln.m2 = ln.m2 && !on2;
+    ln.m3 = ln.m3 && !on3;
+    if (on0) on_select(c.p, st.L);
+#else
     if (kind == 1) {
       st.th = c;
       ln.mth = false;
@@ -675,6 +771,7 @@ BSK_SEL_HD void tick(const K& keys, Lane& ln, int64_t k, const Fixed& fx, Emit&&
       st.p3 = c;
       ln.m3 = false;
     }
+#endif
     if (st.p2.p < st.p1.p) {
       st.p2 = st.p1;
       ln.m2 = false;
