@@ -5,7 +5,8 @@
 #   scripts/attn_variants.sh OUTDIR FLAGS [FLAGS ...]
 #   TK_ARGS: time_kernels.py arguments (default: --no-flash --kernels and the bench's score
 #   slope at the seed shape, 1 / 4096; time_kernels.py's own default slope is 0.001).
-# Results: OUTDIR/time_<name>_<rep>.txt; OUTDIR.tgz packs OUTDIR after each round.
+# Results: OUTDIR/pytest_<name>.log (each candidate's kernel tests), OUTDIR/time_<name>_<rep>.txt;
+# OUTDIR.tgz packs OUTDIR after each round.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lean_build.sh
@@ -32,6 +33,20 @@ for f in "$@"; do
 done
 wait
 echo "builds: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/variants.txt"
+# Each candidate's attention kernel tests first (AV_TESTS=0 skips them): a timing of a variant
+# that computes something else means nothing. The lean build has fp16 / D = 128 only, so the
+# other cases fail with NotImplementedError; any other failure is counted.
+if [[ ${AV_TESTS:-1} != 0 ]]; then
+  for n in "${names[@]:1}"; do
+    [[ -f "$OUT/build_$n.failed" ]] && continue
+    PYTHONPATH="/tmp/bsk_av_$n/pkg:$PWD/bench" timeout 300 $PY -m pytest -q -p no:cacheprovider \
+      tests/python/test_kernels_gpu.py > "$OUT/pytest_$n.log" 2>&1
+    echo "kernel tests ($n): $(tail -n 1 "$OUT/pytest_$n.log"); failures other than the lean" \
+      "build's missing instantiations: $(grep -E '^E  ' "$OUT/pytest_$n.log" |
+      grep -vc NotImplementedError)" | tee -a "$OUT/variants.txt"
+  done
+  pack_dir "$OUT"
+fi
 for r in $(seq 1 "$REPS"); do
   for n in "${names[@]}"; do
     [[ -f "$OUT/build_$n.failed" ]] && { echo "$n: build failed"; continue; }

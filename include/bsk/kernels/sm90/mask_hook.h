@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cute/arch/util.hpp>
 
+#include "bsk/kernels/sm90/column_bits.h"
 #include "bsk/kernels/sm90/kv_iterator.h"
 #include "kernels/kernels.h"
 
@@ -58,6 +59,25 @@ __device__ __forceinline__ float sub_sat(float a, float b) {
 // sets the rest to -inf; kLower = false: no lower bound. Both hooks' column-range masks use it.
 template <int kBlockN, bool kLower, class Frag>
 __device__ __forceinline__ void keep_columns(Frag& s, const int (&lo)[2], const int (&hi)[2]) {
+#if defined(BSK_MASK_R2P)
+  // Candidate: one bit mask per row (column_bits.h), one bit test per element.
+  if constexpr (kBlockN / 8 <= 16) {
+    constexpr int kV = kBlockN / 8;
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      const uint32_t bits =
+          kLower ? column_range_bits<kV>(lo[b], hi[b]) : columns_upto_bits<kV>(hi[b]);
+#pragma unroll
+      for (int v = 0; v < kV; ++v)
+#pragma unroll
+        for (int a = 0; a < 2; ++a) {
+          const int e = a + 2 * b + 4 * v;
+          s(e) = ((bits >> (2 * v + a)) & 1u) ? s(e) : -INFINITY;
+        }
+    }
+    return;
+  }
+#endif
 #pragma unroll
   for (int v = 0; v < kBlockN / 8; ++v)
 #pragma unroll
