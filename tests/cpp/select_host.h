@@ -14,6 +14,14 @@ namespace bsk_select_host {
 
 namespace sc = bsk::select_core;
 
+// With BSK_SELECT_PRMT_MASK the CPU tests take the alive masks the way that kernel candidate
+// does (sc::below_mask_u16 on padded u16 indices) wherever the shared-memory kernel would.
+#if defined(BSK_SELECT_PRMT_MASK)
+constexpr bool kU16Masks = true;
+#else
+constexpr bool kU16Masks = false;
+#endif
+
 // The keys as the kernel's accessor presents them (float values, converted on access).
 struct HostKeys {
   int n = 0;
@@ -25,7 +33,15 @@ struct HostKeys {
   int idx(int r) const { return ix[r]; }
   int pos(int j) const { return ps[j]; }
   float fval(int r) const { return val[r]; }
+  // The indices as u16 halfword pairs, padded to whole 32-rank words with 0x7fff, as the
+  // shared-memory kernel keeps them (n <= 16384); used when kU16Masks, else the compares below.
+  const uint32_t* ix16 = nullptr;
   uint32_t alive_mask(int w, int L) const {
+    if (kU16Masks && ix16 != nullptr) {
+      uint32_t h[16];
+      for (int i = 0; i < 16; ++i) h[i] = ix16[16 * w + i];
+      return sc::below_mask_u16(h, static_cast<uint32_t>(L));
+    }
     uint32_t m = 0;
     for (int b = 0; b < 32 && 32 * w + b < n; ++b)
       if (ix[32 * w + b] < L) m |= 1u << b;
@@ -36,6 +52,7 @@ struct HostKeys {
 struct Sorted {
   std::vector<float> val;
   std::vector<int> idx, pos;
+  std::vector<uint32_t> idx16;  // built by sort_keys where the u16 masks apply
   int64_t fnf = 0;
   sc::Fixed fx;
   HostKeys keys() const {
@@ -45,6 +62,7 @@ struct Sorted {
     k.ix = idx.data();
     k.ps = pos.data();
     k.fx = fx;
+    k.ix16 = idx16.empty() ? nullptr : idx16.data();
     return k;
   }
 };
@@ -76,6 +94,14 @@ inline Sorted sort_keys(const std::vector<float>& u) {
     s.pos[kv[r].second] = r;
   }
   s.fx = sc::make_fixed(maxabs, n);
+  if (n <= 16384) {
+    const int np = (n + 31) & ~31;
+    s.idx16.assign(np / 2, 0u);
+    for (int r = 0; r < np; ++r) {
+      const uint32_t x = r < n ? static_cast<uint32_t>(s.idx[r]) : 0x7fffu;
+      s.idx16[r / 2] |= x << (16 * (r & 1));
+    }
+  }
   return s;
 }
 

@@ -504,6 +504,30 @@ TEST(SelectCoreHelpers, BelowMaskU16MatchesCompares) {
   }
 }
 
+TEST(SelectCoreHelpers, PaddedU16MasksMatchCompares) {
+  // The u16 alive masks on the padded indices (select_host.h, as the shared-memory kernel keeps
+  // them with BSK_SELECT_PRMT_MASK): every word, the last partial one included, and every L.
+  std::mt19937 rng(std::random_device{}());
+  for (int n : {1, 31, 33, 100, 4096, 4097, 16384}) {
+    std::vector<float> u(n);
+    for (float& x : u) x = static_cast<float>(rng() % 64) * 0.25f;  // ties too
+    const bsk_select_host::Sorted s = bsk_select_host::sort_keys(u);
+    ASSERT_EQ(static_cast<int>(s.idx16.size()), ((n + 31) & ~31) / 2);
+    const int step = n > 1000 ? 97 : 1;
+    for (int L = 0; L <= n; L += (L < n && L + step > n) ? n - L : step) {
+      for (int w = 0; 32 * w < n; ++w) {
+        uint32_t h[16], want = 0;
+        for (int i = 0; i < 16; ++i) h[i] = s.idx16[16 * w + i];
+        for (int b = 0; b < 32 && 32 * w + b < n; ++b)
+          if (s.idx[32 * w + b] < L) want |= 1u << b;
+        ASSERT_EQ(sc::below_mask_u16(h, static_cast<uint32_t>(L)), want)
+            << "n " << n << " L " << L << " word " << w;
+      }
+      if (L == n) break;
+    }
+  }
+}
+
 TEST(SelectCoreHelpers, FixedPointIsExactAndMonotone) {
   std::mt19937_64 rng(7);
   std::normal_distribution<float> nd(0.f, 3.f);
