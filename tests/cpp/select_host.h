@@ -33,26 +33,42 @@ struct HostKeys {
   int idx(int r) const { return ix[r]; }
   int pos(int j) const { return ps[j]; }
   float fval(int r) const { return val[r]; }
-  // The indices as u16 halfword pairs, padded to whole 32-rank words with 0x7fff, as the
-  // shared-memory kernel keeps them (n <= 16384); used when kU16Masks, else the compares below.
+  // The indices as u16 halfword pairs padded to whole 32-rank words (u16_words), as the
+  // shared-memory kernel keeps them; nullptr where that kernel would not (n > 16384).
   const uint32_t* ix16 = nullptr;
   uint32_t alive_mask(int w, int L) const {
-    if (kU16Masks && ix16 != nullptr) {
-      uint32_t h[16];
-      for (int i = 0; i < 16; ++i) h[i] = ix16[16 * w + i];
-      return sc::below_mask_u16(h, static_cast<uint32_t>(L));
-    }
+    return kU16Masks && ix16 != nullptr ? alive_mask_u16(w, L) : alive_mask_compare(w, L);
+  }
+  uint32_t alive_mask_compare(int w, int L) const {
     uint32_t m = 0;
     for (int b = 0; b < 32 && 32 * w + b < n; ++b)
       if (ix[32 * w + b] < L) m |= 1u << b;
     return m;
   }
+  uint32_t alive_mask_u16(int w, int L) const {  // needs ix16
+    uint32_t h[16];
+    for (int i = 0; i < 16; ++i) h[i] = ix16[16 * w + i];
+    return sc::below_mask_u16(h, static_cast<uint32_t>(L));
+  }
 };
+
+// idx as the shared-memory kernel's u16 indices: halfword pairs, the ranks from n to the last
+// whole 32-rank word holding 0x7fff (above every L, so never alive).
+inline std::vector<uint32_t> u16_words(const std::vector<int>& idx) {
+  const int n = static_cast<int>(idx.size());
+  const int np = (n + 31) & ~31;
+  std::vector<uint32_t> words(np / 2, 0u);
+  for (int r = 0; r < np; ++r) {
+    const uint32_t x = r < n ? static_cast<uint32_t>(idx[r]) : 0x7fffu;
+    words[r / 2] |= x << (16 * (r & 1));
+  }
+  return words;
+}
 
 struct Sorted {
   std::vector<float> val;
   std::vector<int> idx, pos;
-  std::vector<uint32_t> idx16;  // built by sort_keys where the u16 masks apply
+  std::vector<uint32_t> idx16;  // u16_words(idx) where kU16Masks and the kernel would use them
   int64_t fnf = 0;
   sc::Fixed fx;
   HostKeys keys() const {
@@ -94,14 +110,7 @@ inline Sorted sort_keys(const std::vector<float>& u) {
     s.pos[kv[r].second] = r;
   }
   s.fx = sc::make_fixed(maxabs, n);
-  if (n <= 16384) {
-    const int np = (n + 31) & ~31;
-    s.idx16.assign(np / 2, 0u);
-    for (int r = 0; r < np; ++r) {
-      const uint32_t x = r < n ? static_cast<uint32_t>(s.idx[r]) : 0x7fffu;
-      s.idx16[r / 2] |= x << (16 * (r & 1));
-    }
-  }
+  if (kU16Masks && n <= 16384) s.idx16 = u16_words(s.idx);  // the kernel's kMaxSmemN
   return s;
 }
 

@@ -505,26 +505,25 @@ TEST(SelectCoreHelpers, BelowMaskU16MatchesCompares) {
 }
 
 TEST(SelectCoreHelpers, PaddedU16MasksMatchCompares) {
-  // The u16 alive masks on the padded indices (select_host.h, as the shared-memory kernel keeps
-  // them with BSK_SELECT_PRMT_MASK): every word, the last partial one included, and every L.
+  // The u16 alive masks on the padded indices (select_host.h's u16_words, as the shared-memory
+  // kernel keeps them with BSK_SELECT_PRMT_MASK) against the plain compares: every word, the
+  // last partial one included, and L from 0 to n.
   std::mt19937 rng(std::random_device{}());
   for (int n : {1, 31, 33, 100, 4096, 4097, 16384}) {
     std::vector<float> u(n);
     for (float& x : u) x = static_cast<float>(rng() % 64) * 0.25f;  // ties too
     const bsk_select_host::Sorted s = bsk_select_host::sort_keys(u);
-    ASSERT_EQ(static_cast<int>(s.idx16.size()), ((n + 31) & ~31) / 2);
-    const int step = n > 1000 ? 97 : 1;
-    for (int L = 0; L <= n; L += (L < n && L + step > n) ? n - L : step) {
-      for (int w = 0; 32 * w < n; ++w) {
-        uint32_t h[16], want = 0;
-        for (int i = 0; i < 16; ++i) h[i] = s.idx16[16 * w + i];
-        for (int b = 0; b < 32 && 32 * w + b < n; ++b)
-          if (s.idx[32 * w + b] < L) want |= 1u << b;
-        ASSERT_EQ(sc::below_mask_u16(h, static_cast<uint32_t>(L)), want)
+    const std::vector<uint32_t> words = bsk_select_host::u16_words(s.idx);
+    ASSERT_EQ(static_cast<int>(words.size()), ((n + 31) & ~31) / 2);
+    HostKeys keys = s.keys();
+    keys.ix16 = words.data();
+    std::vector<int> ls;
+    for (int L = 0; L<n; L += n> 1000 ? 97 : 1) ls.push_back(L);
+    ls.push_back(n);
+    for (int L : ls)
+      for (int w = 0; 32 * w < n; ++w)
+        ASSERT_EQ(keys.alive_mask_u16(w, L), keys.alive_mask_compare(w, L))
             << "n " << n << " L " << L << " word " << w;
-      }
-      if (L == n) break;
-    }
   }
 }
 
