@@ -14,14 +14,6 @@ namespace bsk_select_host {
 
 namespace sc = bsk::select_core;
 
-// With BSK_SELECT_PRMT_MASK the CPU tests take the alive masks the way that kernel candidate
-// does (sc::below_mask_u16 on padded u16 indices) wherever the shared-memory kernel would.
-#if defined(BSK_SELECT_PRMT_MASK)
-constexpr bool kU16Masks = true;
-#else
-constexpr bool kU16Masks = false;
-#endif
-
 // The keys as the kernel's accessor presents them (float values, converted on access).
 struct HostKeys {
   int n = 0;
@@ -34,10 +26,11 @@ struct HostKeys {
   int pos(int j) const { return ps[j]; }
   float fval(int r) const { return val[r]; }
   // The indices as u16 halfword pairs padded to whole 32-rank words (u16_words), as the
-  // shared-memory kernel keeps them; nullptr where that kernel would not (n > 16384).
+  // shared-memory kernel keeps them; nullptr where that kernel would not (n > 16384). The alive
+  // masks are then taken the way that kernel takes them (sc::below_mask_u16).
   const uint32_t* ix16 = nullptr;
   uint32_t alive_mask(int w, int L) const {
-    return kU16Masks && ix16 != nullptr ? alive_mask_u16(w, L) : alive_mask_compare(w, L);
+    return ix16 != nullptr ? alive_mask_u16(w, L) : alive_mask_compare(w, L);
   }
   uint32_t alive_mask_compare(int w, int L) const {
     uint32_t m = 0;
@@ -50,6 +43,12 @@ struct HostKeys {
     for (int i = 0; i < 16; ++i) h[i] = ix16[16 * w + i];
     return sc::below_mask_u16(h, static_cast<uint32_t>(L));
   }
+};
+
+// The same keys with tick's cursor moves as selects (sc::cursor_select), as the shared-memory
+// kernel's accessor asks for them.
+struct HostKeysCursorSelect : HostKeys {
+  static constexpr bool kCursorSelect = true;
 };
 
 // idx as the shared-memory kernel's u16 indices: halfword pairs, the ranks from n to the last
@@ -68,7 +67,7 @@ inline std::vector<uint32_t> u16_words(const std::vector<int>& idx) {
 struct Sorted {
   std::vector<float> val;
   std::vector<int> idx, pos;
-  std::vector<uint32_t> idx16;  // u16_words(idx) where kU16Masks and the kernel would use them
+  std::vector<uint32_t> idx16;  // u16_words(idx) where the kernel would use them
   int64_t fnf = 0;
   sc::Fixed fx;
   HostKeys keys() const {
@@ -110,7 +109,7 @@ inline Sorted sort_keys(const std::vector<float>& u) {
     s.pos[kv[r].second] = r;
   }
   s.fx = sc::make_fixed(maxabs, n);
-  if (kU16Masks && n <= 16384) s.idx16 = u16_words(s.idx);  // the kernel's kMaxSmemN
+  if (n <= 16384) s.idx16 = u16_words(s.idx);  // the kernel's kMaxSmemN
   return s;
 }
 

@@ -144,6 +144,7 @@ BruteRow brute_row(const std::vector<float>& u, int64_t L, int64_t k) {
 // ---------------------------------------------------------------------------------------------
 using bsk_select_host::build_table;
 using bsk_select_host::HostKeys;
+using bsk_select_host::HostKeysCursorSelect;
 using bsk_select_host::row_of;
 using bsk_select_host::sort_keys;
 using bsk_select_host::Sorted;
@@ -506,7 +507,7 @@ TEST(SelectCoreHelpers, BelowMaskU16MatchesCompares) {
 
 TEST(SelectCoreHelpers, PaddedU16MasksMatchCompares) {
   // The u16 alive masks on the padded indices (select_host.h's u16_words, as the shared-memory
-  // kernel keeps them with BSK_SELECT_PRMT_MASK) against the plain compares: every word, the
+  // kernel keeps them) against the plain compares: every word, the
   // last partial one included, and L from 0 to n.
   std::mt19937 rng(std::random_device{}());
   for (int n : {1, 31, 33, 100, 4096, 4097, 16384}) {
@@ -789,6 +790,87 @@ TEST(SelectCoreSweep, StepsMatchFromScratchAndRecount) {
     ASSERT_EQ(emitted, n - k);
     ASSERT_LE(selected, n - k - 1);
   }
+}
+
+// tick with the cursor moves as selects (HostKeysCursorSelect, as the shared-memory kernel's
+// keys) against the branches (HostKeys): in lockstep from the same start, the same lane state
+// after every tick, the same rows and the same selections.
+TEST(SelectCoreSweep, CursorSelectsMatchBranches) {
+  std::mt19937_64 rng(31 + stress());
+  long long ticks = 0;
+  for (int iter = 0; iter < 400 * stress(); ++iter) {
+    const int n = 1 + static_cast<int>(rng() % 300);
+    const Dist d = static_cast<Dist>(rng() % 9);
+    std::vector<float> u = make_scores(n, d, rng);
+    Sorted s = sort_keys(u);
+    const HostKeys kb = s.keys();
+    HostKeysCursorSelect ks;
+    static_cast<HostKeys&>(ks) = kb;
+    static_assert(sc::cursor_select<HostKeysCursorSelect>::value);
+    static_assert(!sc::cursor_select<HostKeys>::value);
+    const int64_t k = static_cast<int64_t>(rng() % (n + 1));
+    if (k >= n) continue;
+    const int wdlog = 5 + static_cast<int>(rng() % 2);
+    Table t = table_for_L(kb, n, wdlog);
+    sc::Lane a, b;
+    sc::init_lane(kb, row_of(t, 0), n, static_cast<int>(k) + 1, k, s.fx.one, a);
+    b = a;
+    std::vector<std::pair<int, sc::RowOut>> rows_a, rows_b;
+    std::vector<std::pair<int, int>> sel_a, sel_b;
+    while (!a.done) {
+      sc::tick(
+          kb, a, k, s.fx,
+          [&](int L, const sc::RowOut& o) {
+            rows_a.push_back({L, o});
+          },
+          [&](int r, int L) {
+            sel_a.push_back({r, L});
+          });
+      sc::tick(
+          ks, b, k, s.fx,
+          [&](int L, const sc::RowOut& o) {
+            rows_b.push_back({L, o});
+          },
+          [&](int r, int L) {
+            sel_b.push_back({r, L});
+          });
+      ++ticks;
+      const char* what = dist_name(d);
+      ASSERT_EQ(a.done, b.done) << what << " n=" << n << " k=" << k;
+      ASSERT_EQ(a.acc, b.acc);
+      ASSERT_EQ(a.mth, b.mth);
+      ASSERT_EQ(a.m1, b.m1);
+      ASSERT_EQ(a.m2, b.m2);
+      ASSERT_EQ(a.m3, b.m3);
+      const sc::SweepState &x = a.st, &y = b.st;
+      ASSERT_EQ(x.L, y.L);
+      for (auto [cx, cy] : {std::pair{&x.th, &y.th}, std::pair{&x.p1, &y.p1},
+                            std::pair{&x.p2, &y.p2}, std::pair{&x.p3, &y.p3}}) {
+        ASSERT_EQ(cx->p, cy->p) << what << " n=" << n << " k=" << k << " L=" << x.L;
+        ASSERT_EQ(cx->m, cy->m);
+        ASSERT_EQ(cx->v, cy->v);
+      }
+      ASSERT_EQ(x.ns, y.ns);
+      ASSERT_EQ(x.na, y.na);
+      ASSERT_EQ(x.ne, y.ne);
+      ASSERT_EQ(x.sa, y.sa);
+      ASSERT_EQ(x.tn, y.tn);
+      ASSERT_EQ(x.td, y.td);
+      ASSERT_EQ(x.teq, y.teq);
+      ASSERT_LT(ticks, 100000000LL);
+    }
+    ASSERT_TRUE(b.done);
+    ASSERT_EQ(rows_a.size(), rows_b.size());
+    ASSERT_EQ(static_cast<int64_t>(rows_a.size()), n - k);
+    for (size_t i = 0; i < rows_a.size(); ++i) {
+      ASSERT_EQ(rows_a[i].first, rows_b[i].first);
+      ASSERT_EQ(sc::float_bits(rows_a[i].second.tau), sc::float_bits(rows_b[i].second.tau));
+      ASSERT_EQ(rows_a[i].second.theta_idx, rows_b[i].second.theta_idx);
+      ASSERT_EQ(rows_a[i].second.n_active, rows_b[i].second.n_active);
+    }
+    ASSERT_EQ(sel_a, sel_b);
+  }
+  ASSERT_GT(ticks, 0);
 }
 
 // The row-ascending walk (sparsek_select_walk.h): every row from L = k + 1 up to the first

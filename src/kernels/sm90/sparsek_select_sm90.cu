@@ -168,10 +168,13 @@ struct KArgs {
 // Sorted keys as the core reads them. Shared-memory path (IdxT = u16): the fixed values are
 // stored (val64), and a float value is rebuilt from its fixed value when exact, else re-read from
 // the scores (u + j * s_s). Global path (IdxT = int32): float values, converted on access.
-// kCall: the table queries' range_stats as one out-of-line function (sc::stats_call).
+// kCall: the table queries' range_stats as one out-of-line function (sc::stats_call). The
+// shared-memory path moves tick's cursors by selects (sc::cursor_select; slower on the global
+// path).
 template <class IdxT, bool kCall>
 struct DevKeys {
   static constexpr bool kStatsCall = kCall;
+  static constexpr bool kCursorSelect = sizeof(IdxT) == 2;
   int n;
   const int64_t* val64;
   const float* val;
@@ -200,14 +203,14 @@ struct DevKeys {
       return val[r];
     }
   }
-  // Bit b: rank 32 w + b (< n) holds a key with idx < L. u16 indices: 4 vector loads and
-  // halfword subtractions whose sign bits are the answer (indices < 2^15).
+  // Bit b: rank 32 w + b (< n) holds a key with idx < L. u16 indices: 4 vector loads, halfword
+  // subtractions whose sign bits are the answer (indices < 2^15), gathered a byte at a time
+  // (sc::below_mask_u16: ~43 instructions against ~79 for shifting each sign into place; select
+  // kernel at the seed shape on an H200 1492 -> 1397 us, at S = 16384 1961 -> 1920 us).
   __device__ __forceinline__ uint32_t alive_mask(int w, int L) const {
     uint32_t m = 0;
     if constexpr (sizeof(IdxT) == 2) {
       const uint4* q = reinterpret_cast<const uint4*>(ix + (w << 5));
-#if defined(BSK_SELECT_PRMT_MASK)
-      // Candidate: the signs gathered a byte at a time (sc::below_mask_u16, CPU-tested).
       uint32_t h[16];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -220,19 +223,6 @@ struct DevKeys {
       // The padding ranks [n, 32 ceil(n / 32)) hold index 0x7fff > L (written after the sort):
       // never alive, so no mask for the last word.
       return sc::below_mask_u16(h, static_cast<uint32_t>(L));
-#else
-      const uint32_t ll = static_cast<uint32_t>(L) * 0x10001u;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint4 x = q[i];
-        const uint32_t a = __vsub2(x.x, ll), b = __vsub2(x.y, ll);
-        const uint32_t c = __vsub2(x.z, ll), d = __vsub2(x.w, ll);
-        const uint32_t bits = ((a >> 15) & 1u) | ((a >> 30) & 2u) | ((b >> 13) & 4u) |
-                              ((b >> 28) & 8u) | ((c >> 11) & 16u) | ((c >> 26) & 32u) |
-                              ((d >> 9) & 64u) | ((d >> 24) & 128u);
-        m |= bits << (8 * i);
-      }
-#endif
     } else {
       const int base = w << 5;
       if (vec && base + 32 <= n) {
@@ -794,10 +784,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) select_smem_kernel(const
       ps[jj[i]] = static_cast<uint16_t>(r);
     }
   }
-#if defined(BSK_SELECT_PRMT_MASK)
   // Padding ranks up to the last whole alive-mask word: an index no L reaches (L <= n <= 2^14).
   for (int r = n + tid; r < ((n + 31) & ~31); r += kThreads) ix[r] = 0x7fff;
-#endif
   __syncthreads();
 
   // range_stats out of line where three or more CTAs share an SM (sc::stats_call).

@@ -480,6 +480,19 @@ struct stats_call : std::false_type {};
 template <class K>
 struct stats_call<K, std::void_t<decltype(K::kStatsCall)>> : std::bool_constant<K::kStatsCall> {};
 
+// Keys types may ask for tick's cursor move as selects (static constexpr bool kCursorSelect =
+// true): the moved cursor taken out of its slot and put back by selp (select_u32) instead of the
+// switch the front end makes of the choice, whose four paths a divergent warp issues one after
+// another. Measured on the H200 (select kernel, at 9880c30's successor with the u16 masks):
+// shared-memory path 4096 keys 1397 -> 1377 us, 16384 keys 1920 -> 1834 us; but the global path
+// (S 65536) 3796 -> 5110 us (its sweep phase 4.17 M -> 6.56 M cycles), so only the
+// shared-memory kernel takes it.
+template <class K, class = void>
+struct cursor_select : std::false_type {};
+template <class K>
+struct cursor_select<K, std::void_t<decltype(K::kCursorSelect)>>
+    : std::bool_constant<K::kCursorSelect> {};
+
 #if defined(__CUDACC__)
 struct RangeStats {
   int cnt;
@@ -708,16 +721,18 @@ BSK_SEL_HD void tick(const K& keys, Lane& ln, int64_t k, const Fixed& fx, Emit&&
   const int kind = pending_move(keys, ln, one);
   if (kind != 0) {
     const bool on1 = kind == 2 || kind == 5, on2 = kind == 3 || kind == 6;
-#if defined(BSK_SELECT_CURSOR_SEL)
-    // Candidate: the cursor taken out of and put back into its slot by selects.
-    const bool on0 = kind == 1, on3 = !(on0 || on1 || on2);
+    // on0 / on3: the selects' choices (here, where the measured build computed them).
+    [[maybe_unused]] const bool on0 = kind == 1, on3 = !(on0 || on1 || on2);
     Cursor c;
-    c.p = select_i32(on0, st.th.p, select_i32(on1, st.p1.p, select_i32(on2, st.p2.p, st.p3.p)));
-    c.m = select_u32(on0, st.th.m, select_u32(on1, st.p1.m, select_u32(on2, st.p2.m, st.p3.m)));
-    c.v = select_i64(on0, st.th.v, select_i64(on1, st.p1.v, select_i64(on2, st.p2.v, st.p3.v)));
-#else
-    Cursor c = kind == 1 ? st.th : (on1 ? st.p1 : (on2 ? st.p2 : st.p3));
-#endif
+    if constexpr (cursor_select<K>::value) {
+      c.p = select_i32(on0, st.th.p, select_i32(on1, st.p1.p, select_i32(on2, st.p2.p, st.p3.p)));
+      c.m = select_u32(on0, st.th.m, select_u32(on1, st.p1.m, select_u32(on2, st.p2.m, st.p3.m)));
+      c.v = select_i64(on0, st.th.v, select_i64(on1, st.p1.v, select_i64(on2, st.p2.v, st.p3.v)));
+    } else {
+      // kind == 1 here and below, not on0: the same value, but on0 gave other SASS than the
+      // measured build.
+      c = kind == 1 ? st.th : (on1 ? st.p1 : (on2 ? st.p2 : st.p3));
+    }
     // Boundary moves (5-7) take the whole run of keys equal to c.v at once: they classify alike,
     // their sum is count * value, and tie-heavy inputs then cost one tick per distinct value.
     int next = c.p + 1, cnt = 1;
@@ -741,23 +756,22 @@ BSK_SEL_HD void tick(const K& keys, Lane& ln, int64_t k, const Fixed& fx, Emit&&
       st.ne += cnt;
     }
     seek(keys, c, next, st.L);
-#if defined(BSK_SELECT_CURSOR_SEL)
-    auto put = [&](Cursor& dst, bool t) {
-      dst.p = select_i32(t, c.p, dst.p);
-      dst.m = select_u32(t, c.m, dst.m);
-      dst.v = select_i64(t, c.v, dst.v);
-    };
-    put(st.th, on0);
-    put(st.p1, on1);
-    put(st.p2, on2);
-    put(st.p3, on3);
-    ln.mth = ln.mth && !on0;
-    ln.m1 = ln.m1 && !on1;
-    ln.m2 = ln.m2 && !on2;
-    ln.m3 = ln.m3 && !on3;
-    if (on0) on_select(c.p, st.L);
-#else
-    if (kind == 1) {
+    if constexpr (cursor_select<K>::value) {
+      auto put = [&](Cursor& dst, bool t) {
+        dst.p = select_i32(t, c.p, dst.p);
+        dst.m = select_u32(t, c.m, dst.m);
+        dst.v = select_i64(t, c.v, dst.v);
+      };
+      put(st.th, on0);
+      put(st.p1, on1);
+      put(st.p2, on2);
+      put(st.p3, on3);
+      ln.mth = ln.mth && !on0;
+      ln.m1 = ln.m1 && !on1;
+      ln.m2 = ln.m2 && !on2;
+      ln.m3 = ln.m3 && !on3;
+      if (on0) on_select(c.p, st.L);
+    } else if (kind == 1) {
       st.th = c;
       ln.mth = false;
       on_select(c.p, st.L);
@@ -771,7 +785,6 @@ BSK_SEL_HD void tick(const K& keys, Lane& ln, int64_t k, const Fixed& fx, Emit&&
       st.p3 = c;
       ln.m3 = false;
     }
-#endif
     if (st.p2.p < st.p1.p) {
       st.p2 = st.p1;
       ln.m2 = false;
