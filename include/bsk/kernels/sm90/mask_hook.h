@@ -59,8 +59,10 @@ __device__ __forceinline__ float sub_sat(float a, float b) {
 // sets the rest to -inf; kLower = false: no lower bound. Both hooks' column-range masks use it.
 template <int kBlockN, bool kLower, class Frag>
 __device__ __forceinline__ void keep_columns(Frag& s, const int (&lo)[2], const int (&hi)[2]) {
-#if defined(BSK_MASK_R2P)
-  // Candidate: one bit mask per row (column_bits.h), one bit test per element.
+  // One bit mask per row (column_bits.h) and one bit test per element, which ptxas makes R2P +
+  // FSEL: ~112 instructions per tile instead of 192 for two compares and a select per element
+  // (SparseK attention kernel at the seed shape on an H200 -0.4%). The compares remain for
+  // tiles of more than 128 columns (32 bits of mask).
   if constexpr (kBlockN / 8 <= 16) {
     constexpr int kV = kBlockN / 8;
 #pragma unroll
@@ -75,23 +77,23 @@ __device__ __forceinline__ void keep_columns(Frag& s, const int (&lo)[2], const 
           s(e) = ((bits >> (2 * v + a)) & 1u) ? s(e) : -INFINITY;
         }
     }
-    return;
+  } else {
+#pragma unroll
+    for (int v = 0; v < kBlockN / 8; ++v)
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+          const int e = a + 2 * b + 4 * v, cc = 8 * v + a;
+          const bool keep = kLower ? (cc >= lo[b]) & (cc <= hi[b]) : cc <= hi[b];
+          s(e) = keep ? s(e) : -INFINITY;
+        }
   }
-#endif
-#pragma unroll
-  for (int v = 0; v < kBlockN / 8; ++v)
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-      for (int b = 0; b < 2; ++b) {
-        const int e = a + 2 * b + 4 * v, cc = 8 * v + a;
-        const bool keep = kLower ? (cc >= lo[b]) & (cc <= hi[b]) : cc <= hi[b];
-        s(e) = keep ? s(e) : -INFINITY;
-      }
 }
 
 // Both hooks are branch-free per element: per row and tile the admissible column range (or the
-// selection threshold) is computed once, and each element costs a compare or two and a select.
+// selection threshold) is computed once, and each element costs a bit test or a compare or two and
+// a select.
 // (Per-element early-outs made the compiler emit a divergent branch and reconvergence point for
 // every element, ~45 instructions per column of a gathered tile.)
 
