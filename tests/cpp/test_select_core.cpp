@@ -507,8 +507,8 @@ TEST(SelectCoreHelpers, BelowMaskU16MatchesCompares) {
 
 TEST(SelectCoreHelpers, PaddedU16MasksMatchCompares) {
   // The u16 alive masks on the padded indices (select_host.h's u16_words, as the shared-memory
-  // kernel keeps them) against the plain compares: every word, the
-  // last partial one included, and L from 0 to n.
+  // kernel keeps them) against the plain compares: every word, the last partial one included,
+  // and L from 0 to n.
   std::mt19937 rng(std::random_device{}());
   for (int n : {1, 31, 33, 100, 4096, 4097, 16384}) {
     std::vector<float> u(n);
@@ -817,23 +817,21 @@ TEST(SelectCoreSweep, CursorSelectsMatchBranches) {
     b = a;
     std::vector<std::pair<int, sc::RowOut>> rows_a, rows_b;
     std::vector<std::pair<int, int>> sel_a, sel_b;
+    // One tick of either keys type, its rows and selections recorded.
+    auto step = [&](const auto& keys, sc::Lane& ln, std::vector<std::pair<int, sc::RowOut>>& rows,
+                    std::vector<std::pair<int, int>>& sel) {
+      sc::tick(
+          keys, ln, k, s.fx,
+          [&](int L, const sc::RowOut& o) {
+            rows.push_back({L, o});
+          },
+          [&](int r, int L) {
+            sel.push_back({r, L});
+          });
+    };
     while (!a.done) {
-      sc::tick(
-          kb, a, k, s.fx,
-          [&](int L, const sc::RowOut& o) {
-            rows_a.push_back({L, o});
-          },
-          [&](int r, int L) {
-            sel_a.push_back({r, L});
-          });
-      sc::tick(
-          ks, b, k, s.fx,
-          [&](int L, const sc::RowOut& o) {
-            rows_b.push_back({L, o});
-          },
-          [&](int r, int L) {
-            sel_b.push_back({r, L});
-          });
+      step(kb, a, rows_a, sel_a);
+      step(ks, b, rows_b, sel_b);
       ++ticks;
       const char* what = dist_name(d);
       ASSERT_EQ(a.done, b.done) << what << " n=" << n << " k=" << k;

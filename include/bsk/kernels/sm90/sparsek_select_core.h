@@ -483,7 +483,7 @@ struct stats_call<K, std::void_t<decltype(K::kStatsCall)>> : std::bool_constant<
 // Keys types may ask for tick's cursor move as selects (static constexpr bool kCursorSelect =
 // true): the moved cursor taken out of its slot and put back by selp (select_u32) instead of the
 // switch the front end makes of the choice, whose four paths a divergent warp issues one after
-// another. Measured on the H200 (select kernel, at 9880c30's successor with the u16 masks):
+// another. Measured on the H200 (select kernel, at 3868a01 with the u16 masks):
 // shared-memory path 4096 keys 1397 -> 1377 us, 16384 keys 1920 -> 1834 us; but the global path
 // (S 65536) 3796 -> 5110 us (its sweep phase 4.17 M -> 6.56 M cycles), so only the
 // shared-memory kernel takes it.
